@@ -1,0 +1,39 @@
+"""`train_textual_inversion.py`: configuration errors and user-fixable problems become one clear line, not a
+traceback from deep inside Paddle."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from .config import ConfigError, parse_config
+
+EXIT_BAD_INPUT = 2
+EXIT_TRAINING_FAILED = 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        config = parse_config(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    # Paddle and ppdiffusers import slowly: only after the configuration is known to be valid.
+    from .data import DataError
+    from .models import ModelError
+    from .tokens import TokenError
+    from .train import TrainingError, train
+
+    try:
+        train(config)
+    except (ConfigError, DataError, ModelError, TokenError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,320 @@
+"""The training configuration: one typed, validated, frozen object built from defaults, YAML and the command line.
+
+Flag names, defaults and meanings are those of the ppdiffusers textual-inversion example, so its README commands
+run verbatim; where the example has a bug (see the notes on each field) ppti does what the help text promises.
+Every value is checked here, before a single weight is loaded, and all problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+DEFAULT_MAX_TRAIN_STEPS = 5000  # the example's effective default when neither length flag is given
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message names the flag and what to do."""
+
+
+def _f(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field carrying its command-line help text."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- model -----------------------------------------------------------------------------------------
+    pretrained_model_name_or_path: Optional[str] = _f(
+        None, "Path to pretrained model or model identifier from local models.", required=True
+    )
+    tokenizer_name: Optional[str] = _f(None, "Pretrained tokenizer name or path if not the same as model_name.")
+    language: Literal["auto", "en", "zh", "zh_en"] = _f(
+        "auto",
+        "Prompt-template language. auto: from the model's tokenizer/text encoder (CLIP -> en, BERT -> zh, "
+        "XLM-R -> zh_en), falling back to the model name ('chinese-en' -> zh_en, 'chinese' -> zh).",
+    )
+    # --- concept ---------------------------------------------------------------------------------------
+    train_data_dir: Optional[str] = _f(None, "A folder containing the training data.", required=True)
+    placeholder_token: Optional[str] = _f(None, "A token to use as a placeholder for the concept.", required=True)
+    initializer_token: Optional[str] = _f(
+        None, "A token (or word) to use as initializer; several sub-tokens are averaged.", required=True
+    )
+    learnable_property: Literal["object", "style"] = _f("object", "Choose between 'object' and 'style'.")
+    num_vectors: int = _f(1, "How many textual inversion vectors shall be used to learn the concept.")
+    repeats: int = _f(100, "How many times to repeat the training data.")
+    # --- images ----------------------------------------------------------------------------------------
+    resolution: int = _f(512, "Image size used for --height/--width when they are not given.")
+    height: Optional[int] = _f(None, "Height of the training images (multiple of 8); defaults to --resolution.")
+    width: Optional[int] = _f(None, "Width of the training images (multiple of 8); defaults to --resolution.")
+    center_crop: bool = _f(False, "Center-crop images to the target aspect ratio before resizing.")
+    # --- optimisation ----------------------------------------------------------------------------------
+    train_batch_size: int = _f(16, "Batch size (per device) for the training dataloader.")
+    num_train_epochs: Optional[int] = _f(
+        None, "Number of epochs; decides the run length when --max_train_steps is not given."
+    )
+    max_train_steps: Optional[int] = _f(
+        None,
+        f"Total number of optimizer steps. Wins over --num_train_epochs when both are given; "
+        f"{DEFAULT_MAX_TRAIN_STEPS} when neither is.",
+    )
+    gradient_accumulation_steps: int = _f(1, "Number of micro-batches to accumulate before an optimizer step.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    learning_rate: float = _f(1e-4, "Initial learning rate (after the potential warmup period) to use.")
+    scale_lr: bool = _f(
+        False, "Multiply the learning rate by gradient_accumulation_steps * train_batch_size * number of cards."
+    )
+    lr_scheduler: Literal[LR_SCHEDULERS] = _f("constant", "The learning-rate schedule.")  # type: ignore[valid-type]
+    lr_warmup_steps: int = _f(500, "Number of optimizer steps for the warmup in the lr scheduler.")
+    lr_num_cycles: int = _f(1, "Number of hard resets of the lr in cosine_with_restarts scheduler.")
+    lr_power: float = _f(1.0, "Power factor of the polynomial scheduler.")
+    adam_beta1: float = _f(0.9, "The beta1 parameter for the Adam optimizer.")
+    adam_beta2: float = _f(0.999, "The beta2 parameter for the Adam optimizer.")
+    adam_weight_decay: float = _f(1e-2, "Weight decay to use.")
+    adam_epsilon: float = _f(1e-08, "Epsilon value for the Adam optimizer.")
+    max_grad_norm: float = _f(-1.0, "Max gradient norm of the trained rows (clipping); <= 0 disables it.")
+    noise_offset: float = _f(0.0, "The scale of noise offset.")
+    seed: Optional[int] = _f(None, "A seed for reproducible training (0 is a seed like any other).")
+    dataloader_num_workers: int = _f(0, "Number of subprocesses to use for data loading (0: main process).")
+    enable_xformers_memory_efficient_attention: bool = _f(
+        False, "Use memory-efficient attention (needs a GPU build of Paddle that supports it)."
+    )
+    # --- outputs ---------------------------------------------------------------------------------------
+    output_dir: str = _f("text-inversion-model", "Where embeddings, logs and the pipeline are written.")
+    save_steps: int = _f(500, "Save learned_embeds-steps-N.pdparams every X optimizer steps.")
+    only_save_embeds: bool = _f(
+        True, "Save only the embeddings (default). --no-only_save_embeds also saves the full pipeline."
+    )
+    save_full_pipeline: bool = _f(
+        False, "Also save the whole pipeline (new tokenizer + text encoder) to output_dir; same as "
+        "--no-only_save_embeds.",
+    )
+    logging_dir: str = _f("logs", "VisualDL/TensorBoard log directory, relative to output_dir.")
+    report_to: Literal["visualdl", "tensorboard", "none"] = _f("visualdl", "Where to log scalars and images.")
+    # --- validation ------------------------------------------------------------------------------------
+    validation_prompt: Optional[str] = _f(None, "A prompt used during validation to check the concept is learned.")
+    num_validation_images: int = _f(4, "Number of images generated for each validation prompt.")
+    validation_epochs: int = _f(50, "Run validation every X epochs.")
+    # --- hub -------------------------------------------------------------------------------------------
+    push_to_hub: bool = _f(False, "Upload output_dir to the Hugging Face Hub at the end of training.")
+    hub_token: Optional[str] = _f(None, "The token to use to push to the Model Hub.")
+    hub_model_id: Optional[str] = _f(None, "The Hub repository name (default: the name of output_dir).")
+
+    # ---------------------------------------------------------------------------------------------------
+    @property
+    def resolved_height(self) -> int:
+        """--height, or --resolution when --height is not given (independently of --width)."""
+        return self.height if self.height is not None else self.resolution
+
+    @property
+    def resolved_width(self) -> int:
+        return self.width if self.width is not None else self.resolution
+
+    @property
+    def saves_full_pipeline(self) -> bool:
+        return self.save_full_pipeline or not self.only_save_embeds
+
+    @property
+    def logging_path(self) -> Path:
+        return Path(self.output_dir) / self.logging_dir
+
+    def placeholder_tokens(self) -> list[str]:
+        """`<tok>`, `<tok>_1`, ... `<tok>_{n-1}`: the naming ppdiffusers/diffusers loaders expand to."""
+        return [self.placeholder_token] + [f"{self.placeholder_token}_{i}" for i in range(1, self.num_vectors)]
+
+    def placeholder_text(self) -> str:
+        """What stands for the concept inside a prompt: every vector's token, so every row trains."""
+        return " ".join(self.placeholder_tokens())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def problems(self) -> list[str]:
+        """Every problem with the values, each naming its flag; empty when the config is valid."""
+        out: list[str] = []
+        for name in ("pretrained_model_name_or_path", "train_data_dir", "placeholder_token", "initializer_token"):
+            if not getattr(self, name):
+                out.append(f"--{name} is required")
+        if self.placeholder_token is not None and (
+            not self.placeholder_token.strip() or any(c.isspace() for c in self.placeholder_token)
+        ):
+            out.append(
+                f"--placeholder_token {self.placeholder_token!r} contains white space; use one word such as "
+                "'<cat-toy>'"
+            )
+        if self.initializer_token is not None and not self.initializer_token.strip():
+            out.append("--initializer_token is empty; give a word close to the concept, e.g. 'toy' or 'style'")
+        for name in ("num_vectors", "repeats", "resolution", "train_batch_size", "gradient_accumulation_steps",
+                     "save_steps", "num_validation_images", "validation_epochs", "lr_num_cycles"):
+            if getattr(self, name) < 1:
+                out.append(f"--{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("num_train_epochs", "max_train_steps", "height", "width"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                out.append(f"--{name} must be >= 1 (got {value})")
+        for name in ("lr_warmup_steps", "dataloader_num_workers"):
+            if getattr(self, name) < 0:
+                out.append(f"--{name} must be >= 0 (got {getattr(self, name)})")
+        for name, value in (("height", self.resolved_height), ("width", self.resolved_width)):
+            if value >= 1 and value % 8:
+                source = f"--{name}" if getattr(self, name) is not None else f"--resolution (used for {name})"
+                out.append(
+                    f"{source} = {value} is not a multiple of 8 (the VAE downsamples by 8); "
+                    f"use {max(8, value // 8 * 8)} or {value // 8 * 8 + 8}"
+                )
+        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
+            out.append(f"--learning_rate must be a positive number (got {self.learning_rate})")
+        if not 0 <= self.adam_beta1 < 1 or not 0 <= self.adam_beta2 < 1:
+            out.append("--adam_beta1 and --adam_beta2 must be in [0, 1)")
+        if self.adam_epsilon <= 0:
+            out.append(f"--adam_epsilon must be > 0 (got {self.adam_epsilon})")
+        if self.adam_weight_decay < 0:
+            out.append(f"--adam_weight_decay must be >= 0 (got {self.adam_weight_decay})")
+        if self.noise_offset < 0:
+            out.append(f"--noise_offset must be >= 0 (got {self.noise_offset})")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            out.append(f"--seed must be in [0, 2**32) (got {self.seed})")
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Building a config: defaults <- YAML file <- command line
+# ------------------------------------------------------------------------------------------------------------
+def _field_kind(f: dataclasses.Field) -> tuple[type, tuple | None]:
+    """(python type, choices) of a field, unwrapping Optional and Literal."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        choices = tuple(a for arg in args for a in (arg if isinstance(arg, tuple) else (arg,)))
+        return str, choices
+    return hint, None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_textual_inversion.py",
+        description="Textual inversion for Stable Diffusion with PaddlePaddle (ppti). Every flag can also be a key "
+        "of the --config YAML file; flags given on the command line override the file.",
+        argument_default=argparse.SUPPRESS,  # so that we know which flags the user actually gave
+    )
+    parser.add_argument("--config", type=str, help="YAML file with any of the flags below as keys.")
+    for f in fields(TrainConfig):
+        kind, choices = _field_kind(f)
+        help_text = f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})")
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, choices=choices, help=help_text, metavar=None)
+    return parser
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check a YAML value's type against the field; ints are accepted for floats."""
+    f = {f.name: f for f in fields(TrainConfig)}[name]
+    kind, choices = _field_kind(f)
+    if value is None:
+        return None
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: '{name}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    if choices and value not in choices:
+        raise ConfigError(f"{source}: '{name}' must be one of {', '.join(choices)} (got {value!r})")
+    return value
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}; see --help for the flags")
+    return {k: _coerce(k, v, f"--config {path}") for k, v in data.items()}
+
+
+def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
+    """defaults <- YAML (--config) <- command line; raises ConfigError listing every problem."""
+    parser = build_parser()
+    cli = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = cli.pop("config", None)
+    if config_file:
+        values.update(load_yaml(config_file))
+    values.update(cli)
+    config = TrainConfig(**values)
+    problems = config.problems()
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def to_yaml(config: TrainConfig, extra: Optional[dict[str, Any]] = None) -> str:
+    """The resolved configuration as YAML that `--config` reads back (plus commented extras)."""
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+    if extra:
+        text += "".join(f"# {k}: {v}\n" for k, v in extra.items())
+    return text
+
+
+def die(message: str, code: int = 2) -> "typing.NoReturn":
+    """Print a one-line (or short) actionable error and exit without a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """'CompVis/stable-diffusion-v1-4' (downloadable by ppdiffusers) as opposed to a local path."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def check_paths(config: TrainConfig) -> list[str]:
+    """Problems with the paths the run reads and writes (existence, permissions), each naming its flag."""
+    out: list[str] = []
+    data = Path(config.train_data_dir)
+    if not data.exists():
+        out.append(f"--train_data_dir {data}: no such directory")
+    elif not data.is_dir():
+        out.append(f"--train_data_dir {data}: not a directory")
+    model = Path(config.pretrained_model_name_or_path)
+    if model.exists() and not (model / "model_index.json").is_file():
+        out.append(
+            f"--pretrained_model_name_or_path {model}: no model_index.json; point it at a Stable Diffusion folder "
+            "saved by ppdiffusers/diffusers save_pretrained (with unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+        )
+    elif not model.exists() and not _looks_like_hub_id(str(model)):
+        out.append(f"--pretrained_model_name_or_path {model}: no such directory")
+    out_dir = Path(config.output_dir)
+    probe = out_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and (not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK)):
+        out.append(f"--output_dir {out_dir}: cannot write there ({probe} is not a writable directory)")
+    return out

@@ -1,0 +1,215 @@
+"""Loading a Stable Diffusion model folder: checked layout, every weight verified, text-encoder family detected.
+
+The pipeline is loaded through ppdiffusers' own `DiffusionPipeline.from_pretrained`, which picks each component's
+class from model_index.json exactly as inference will; the same pipeline object later runs validation, so the UNet
+and VAE are in memory once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+log = logging.getLogger("ppti")
+
+# text-encoder architecture -> (family, default language)
+FAMILIES = {
+    "CLIPTextModel": ("clip", "en"),
+    "CLIPTextModelWithProjection": ("clip", "en"),
+    "BertModel": ("bert", "zh"),
+    "RobertaSeriesModelWithTransformation": ("xlmr", "zh_en"),
+}
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelError(ValueError):
+    """A problem with --pretrained_model_name_or_path (or --tokenizer_name) the user must fix."""
+
+
+@dataclass
+class Components:
+    pipeline: Any  # the ppdiffusers pipeline holding all components (used for validation and saving)
+    noise_scheduler: Any  # a DDPMScheduler built from the model's scheduler config (training noise schedule)
+    family: str  # clip | bert | xlmr
+    architecture: str
+    use_attention_mask: bool
+
+    @property
+    def tokenizer(self):
+        return self.pipeline.tokenizer
+
+    @property
+    def text_encoder(self):
+        return self.pipeline.text_encoder
+
+    @property
+    def unet(self):
+        return self.pipeline.unet
+
+    @property
+    def vae(self):
+        return self.pipeline.vae
+
+
+def read_json(path: Path, flag: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{flag}: {path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{flag}: {path} is not valid JSON ({exc})") from None
+
+
+def check_model_folder(model_dir: Path) -> dict:
+    """model_index.json and every component folder it names; returns model_index."""
+    flag = f"--pretrained_model_name_or_path {model_dir}"
+    index = read_json(model_dir / "model_index.json", flag)
+    missing = [name for name in REQUIRED_COMPONENTS if name not in index]
+    if missing:
+        raise ModelError(f"{flag}: model_index.json names no {', '.join(missing)}; is this a Stable Diffusion model?")
+    absent = [
+        name for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and value[0] and not (model_dir / name).is_dir()
+    ]
+    if absent:
+        present = sorted(p.name for p in model_dir.iterdir() if p.is_dir())
+        raise ModelError(
+            f"{flag}: missing subfolder(s) {', '.join(absent)} named in model_index.json "
+            f"(present: {', '.join(present) or 'none'}); re-download or re-save the model"
+        )
+    return index
+
+
+def text_encoder_architecture(model_dir: Path) -> str:
+    config = read_json(model_dir / "text_encoder" / "config.json", f"--pretrained_model_name_or_path {model_dir}")
+    architectures = config.get("architectures") or []
+    if not architectures:
+        raise ModelError(f"{model_dir / 'text_encoder' / 'config.json'}: no 'architectures' entry")
+    name = architectures[0]
+    if name not in FAMILIES:
+        raise ModelError(
+            f"{model_dir / 'text_encoder'}: text encoder {name} is not supported; supported: {', '.join(FAMILIES)}"
+        )
+    return name
+
+
+@contextlib.contextmanager
+def record_loading_info() -> Iterator[list[tuple[str, list[str], list[str]]]]:
+    """Record (class, missing keys, unexpected keys) of every weight load inside the block.
+
+    ppdiffusers and paddlenlp only *log* missing/unexpected keys and leave those weights randomly initialised;
+    the pipeline loader does not pass the lists on, so we wrap the one method both go through.
+    """
+    from paddlenlp.transformers.model_utils import PretrainedModel
+    from ppdiffusers.models.modeling_utils import ModelMixin
+
+    records: list[tuple[str, list[str], list[str]]] = []
+    originals = {base: base.__dict__["_load_pretrained_model"] for base in (ModelMixin, PretrainedModel)}
+
+    def wrap(original):
+        def load(cls, *args, **kwargs):
+            out = original.__func__(cls, *args, **kwargs)
+            records.append((cls.__name__, list(out[1]), list(out[2])))
+            return out
+        return classmethod(load)
+
+    for base, original in originals.items():
+        base._load_pretrained_model = wrap(original)
+    try:
+        yield records
+    finally:
+        for base, original in originals.items():
+            base._load_pretrained_model = original
+
+
+def check_all_weights_loaded(records: list[tuple[str, list[str], list[str]]], model_dir: Path) -> None:
+    problems = []
+    for cls, missing, unexpected in records:
+        if missing:
+            problems.append(f"{cls} has no weights in the files for {_preview(missing)}")
+        if unexpected:
+            problems.append(f"{cls} does not use the file's {_preview(unexpected)}")
+    if problems:
+        raise ModelError(
+            f"--pretrained_model_name_or_path {model_dir}: the weights do not fully load, training would run on "
+            f"random weights: {'; '.join(problems)}. Re-save the model with ppdiffusers save_pretrained, or convert "
+            "a diffusers (PyTorch) folder with ppdiffusers from_pretrained(..., from_diffusers=True)"
+        )
+
+
+def _preview(keys: list[str], limit: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{len(keys)} key(s): {', '.join(keys[:limit])}{more}"
+
+
+def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Components:
+    """Load and verify the pipeline; every problem is raised as a ModelError naming the path."""
+    from ppdiffusers import DDPMScheduler, DiffusionPipeline
+
+    model_dir = Path(model_path)
+    local = model_dir.is_dir()
+    if local:
+        check_model_folder(model_dir)
+        architecture = text_encoder_architecture(model_dir)
+    try:
+        with record_loading_info() as records:
+            pipeline = DiffusionPipeline.from_pretrained(
+                model_path, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            )
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable line
+        raise ModelError(f"--pretrained_model_name_or_path {model_path}: cannot load the model ({exc})") from exc
+    check_all_weights_loaded(records, model_dir)
+    if not local:
+        architecture = type(pipeline.text_encoder).__name__
+        if architecture not in FAMILIES:
+            raise ModelError(f"{model_path}: text encoder {architecture} is not supported; supported: {', '.join(FAMILIES)}")
+    if tokenizer_name:
+        try:
+            pipeline.tokenizer = type(pipeline.tokenizer).from_pretrained(tokenizer_name)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"--tokenizer_name {tokenizer_name}: cannot load a {type(pipeline.tokenizer).__name__} "
+                             f"({exc})") from exc
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    text_config = pipeline.text_encoder.config
+    text_config = text_config if isinstance(text_config, dict) else text_config.to_dict()
+    family = FAMILIES[architecture][0]
+    for part in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        part.eval()  # frozen: no dropout, deterministic forward
+    return Components(
+        pipeline=pipeline,
+        noise_scheduler=noise_scheduler,
+        family=family,
+        architecture=architecture,
+        use_attention_mask=bool(text_config.get("use_attention_mask", False)),
+    )
+
+
+def detect_language(requested: str, components: Components, model_path: str) -> tuple[str, str]:
+    """(language, why) for the prompt templates: an explicit flag wins, else the text-encoder family,
+    else the example's name heuristics."""
+    if requested != "auto":
+        return requested, "--language"
+    name = model_path.lower()
+    if components.family == "clip":
+        if "chinese-en" in name or "chinese_en" in name:
+            return "zh_en", "CLIP text encoder, model name contains 'chinese-en'"
+        if "chinese" in name:
+            return "zh", "CLIP text encoder, model name contains 'chinese'"
+    language = FAMILIES[components.architecture][1]
+    return language, f"text encoder {components.architecture}"
+
+
+def tokenize_fn(tokenizer, max_length: int):
+    """A function text -> fixed-length list of ids, padded/truncated like the inference pipeline does."""
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer(text, padding="max_length", truncation=True, max_length=max_length)["input_ids"]
+
+    return tokenize

@@ -1,0 +1,304 @@
+"""The training run: setup -> train -> save -> cleanup.
+
+`setup` builds every object the loop needs (in the order the comments give); `train_loop` only moves data through
+them: latents + noise -> UNet loss -> backward into the placeholder rows -> optimizer step -> outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from . import outputs
+from .config import DEFAULT_MAX_TRAIN_STEPS, ConfigError, TrainConfig, check_paths
+from .data import ExampleStream, RankBatches, StreamLayout, load_concept_images, tokenize_templates
+from .distributed import DistContext, barrier, init_distributed, no_sync, unwrap, wrap_data_parallel
+from .latents import CachedLatents, latent_shape
+from .models import Components, detect_language, load_components, tokenize_fn
+from .reporting import NullReporter, Reporter, format_summary, progress_bar, setup_console
+from .templates import templates_for
+from .tokens import (
+    PlaceholderEmbedding, add_placeholder_tokens, check_prompts_contain, initializer_ids, install_trainable_rows,
+)
+from .validation import run_validation
+
+log = logging.getLogger("ppti")
+
+
+class TrainingError(RuntimeError):
+    """Training had to stop (e.g. a non-finite loss); the message says what was kept."""
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    ctx: DistContext
+    seed: int
+    components: Components
+    rows: PlaceholderEmbedding  # the layer holding the trainable rows
+    placeholder_ids: list[int]
+    text_encoder: Any  # possibly wrapped in paddle.DataParallel
+    latents: Any
+    stream: ExampleStream
+    layout: StreamLayout
+    max_train_steps: int
+    learning_rate: float
+    optimizer: Any
+    lr_scheduler: Any
+    reporter: Reporter
+    templates: list[str]
+    language: str
+
+
+# ------------------------------------------------------------------------------------------------------------
+# setup
+# ------------------------------------------------------------------------------------------------------------
+def resolve_max_train_steps(config: TrainConfig, micro_batches_per_epoch: int) -> int:
+    """--max_train_steps wins; else --num_train_epochs decides; else the example's 5000."""
+    if config.max_train_steps is not None:
+        return config.max_train_steps
+    if config.num_train_epochs is not None:
+        return math.ceil(config.num_train_epochs * micro_batches_per_epoch / config.gradient_accumulation_steps)
+    return DEFAULT_MAX_TRAIN_STEPS
+
+
+def build_optimizer(config: TrainConfig, rows: paddle.Tensor, learning_rate: float, max_train_steps: int):
+    """AdamW over the placeholder rows only; the LR schedule steps once per optimizer step and ends exactly at
+    max_train_steps (the example multiplies warmup/total by the accumulation steps)."""
+    from ppdiffusers.optimization import get_scheduler
+
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        learning_rate=learning_rate,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=max_train_steps,
+        num_cycles=config.lr_num_cycles,
+        power=config.lr_power,
+    )
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=lr_scheduler,
+        parameters=[rows],
+        beta1=config.adam_beta1,
+        beta2=config.adam_beta2,
+        epsilon=config.adam_epsilon,
+        weight_decay=config.adam_weight_decay,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(config.max_grad_norm) if config.max_grad_norm > 0 else None,
+    )
+    return optimizer, lr_scheduler
+
+
+def setup(config: TrainConfig, ctx: DistContext) -> Run:
+    # 1. everything that can be checked without models, before any weight loads
+    problems = check_paths(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    images = load_concept_images(
+        config.train_data_dir, config.resolved_height, config.resolved_width, config.center_crop
+    )
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    paddle.seed(seed + ctx.rank)
+
+    # 2. models, then the placeholder tokens (they change the tokenizer and the text encoder's embedding)
+    components = load_components(config.pretrained_model_name_or_path, config.tokenizer_name)
+    tokenizer = components.tokenizer
+    placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_tokens())
+    init_ids, init_pieces = initializer_ids(tokenizer, config.initializer_token)
+    log.info("initializer %r -> %s (mean of %d row(s))", config.initializer_token, init_pieces, len(init_ids))
+    rows = install_trainable_rows(components.text_encoder, len(tokenizer), placeholder_ids, init_ids)
+
+    # 3. prompts: templates in the model's language, tokenized once
+    language, why = detect_language(config.language, components, config.pretrained_model_name_or_path)
+    log.info("prompt language: %s (%s)", language, why)
+    templates = templates_for(config.learnable_property, language)
+    max_length = min(tokenizer.model_max_length, 512)
+    prompt_ids = tokenize_templates(templates, config.placeholder_text(), tokenize_fn(tokenizer, max_length))
+    check_prompts_contain(prompt_ids, placeholder_ids, templates)
+
+    # 4. latents: every image variant encoded once; the example stream draws everything else per example
+    height, width = config.resolved_height, config.resolved_width
+    latents = CachedLatents(components.vae, images.pixels)
+    stream = ExampleStream(
+        seed=seed,
+        num_images=images.num_images,
+        repeats=config.repeats,
+        prompt_ids=prompt_ids,
+        latent_shape=latent_shape(components.vae, height, width),
+        num_train_timesteps=components.noise_scheduler.config.num_train_timesteps,
+        noise_offset=config.noise_offset,
+    )
+    layout = StreamLayout(images.num_images * config.repeats, config.train_batch_size, ctx.world_size)
+    if layout.micro_batches_per_epoch < 1:
+        raise ConfigError(
+            f"--train_batch_size {config.train_batch_size} x {ctx.world_size} card(s) is larger than the "
+            f"{layout.num_examples} examples of an epoch; raise --repeats or lower --train_batch_size"
+        )
+
+    # 5. optimisation
+    max_train_steps = resolve_max_train_steps(config, layout.micro_batches_per_epoch)
+    learning_rate = config.learning_rate
+    if config.scale_lr:
+        learning_rate *= config.gradient_accumulation_steps * config.train_batch_size * ctx.world_size
+    optimizer, lr_scheduler = build_optimizer(config, rows.rows, learning_rate, max_train_steps)
+    if config.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+    text_encoder = wrap_data_parallel(components.text_encoder, ctx)
+
+    reporter = Reporter(config.report_to, config.logging_path) if ctx.is_main else NullReporter()
+    run = Run(config, ctx, seed, components, rows, placeholder_ids, text_encoder, latents, stream, layout,
+              max_train_steps, learning_rate, optimizer, lr_scheduler, reporter, templates, language)
+    log.info(summary(run, images.num_images, len(images.skipped)))
+    return run
+
+
+def summary(run: Run, num_images: int, num_skipped: int) -> str:
+    c, layout = run.config, run.layout
+    micro_steps = run.max_train_steps * c.gradient_accumulation_steps
+    return format_summary([
+        ("images", f"{num_images} ({num_skipped} skipped)" if num_skipped else num_images),
+        ("examples per epoch", f"{layout.num_examples} ({num_images} images x {c.repeats} repeats)"),
+        ("epochs", f"{micro_steps / layout.micro_batches_per_epoch:.2f}"),
+        ("batch size per card", c.train_batch_size),
+        ("cards (world size)", run.ctx.world_size),
+        ("gradient accumulation", c.gradient_accumulation_steps),
+        ("global batch", layout.global_batch * c.gradient_accumulation_steps),
+        ("optimizer steps", run.max_train_steps),
+        ("learning rate", f"{run.learning_rate:g}" + (" (scaled)" if c.scale_lr else "")),
+        ("image size (h x w)", f"{c.resolved_height} x {c.resolved_width}"),
+        ("placeholder tokens", f"{' '.join(c.placeholder_tokens())} -> ids {run.placeholder_ids}"),
+        ("text encoder", f"{run.components.architecture} ({run.language} templates)"),
+        ("seed", run.seed),
+        ("device", paddle.device.get_device()),
+    ], title="Running training")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------------------
+def micro_step_loss(run: Run, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
+    """Denoising loss of one micro-batch; gradients reach only the placeholder rows."""
+    scheduler, unet = run.components.noise_scheduler, run.components.unet
+    latents = run.latents.sample(batch["variant"], batch["posterior_eps"])  # (B, C, h, w)
+    noise, timesteps = batch["noise"], batch["timestep"]
+    noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+    input_ids = batch["input_ids"]
+    attention_mask = None
+    if run.components.use_attention_mask:
+        attention_mask = (input_ids != run.components.tokenizer.pad_token_id).astype("int64")
+    encoder_hidden_states = run.text_encoder(input_ids, attention_mask=attention_mask)[0]  # (B, T, D)
+    model_pred = unet(noisy_latents, timesteps, encoder_hidden_states.astype(unet.dtype)).sample
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    elif scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise TrainingError(f"unknown prediction_type {scheduler.config.prediction_type} in scheduler config")
+    return F.mse_loss(model_pred.astype("float32"), target.astype("float32"), reduction="mean")
+
+
+def batches(run: Run, start_step: int):
+    """The DataLoader of this rank's micro-batches from optimizer step `start_step` to the end."""
+    k = run.config.gradient_accumulation_steps
+    sampler = RankBatches(run.layout, run.ctx.rank, start_step * k, run.max_train_steps * k)
+    return paddle.io.DataLoader(
+        run.stream, batch_sampler=sampler, num_workers=run.config.dataloader_num_workers, return_list=True
+    )
+
+
+def optimizer_step(run: Run, micro_batches) -> float:
+    """Accumulate gradients over k micro-batches (all-reduce only on the last), then update; returns the mean loss."""
+    k = run.config.gradient_accumulation_steps
+    total = 0.0
+    for i in range(k):
+        batch = next(micro_batches)
+        with no_sync(run.text_encoder, skip_sync=i < k - 1):
+            loss = micro_step_loss(run, batch) / k
+            loss.backward()
+        total += float(loss)
+    if not math.isfinite(total):
+        raise TrainingError(
+            f"the loss became {total} at step {run.lr_scheduler.last_epoch + 1}; the embedding of the previous step "
+            "was kept. Lower --learning_rate or check the training images"
+        )
+    run.optimizer.step()
+    run.optimizer.clear_grad()
+    run.lr_scheduler.step()
+    return total
+
+
+def learned_rows(run: Run) -> np.ndarray:
+    return run.rows.rows.numpy().astype(np.float32)  # (num_vectors, dim)
+
+
+def train_loop(run: Run, start_step: int = 0) -> int:
+    """Optimizer steps start_step+1 .. max_train_steps; returns the last completed step."""
+    c = run.config
+    out_dir = Path(c.output_dir)
+    bar = progress_bar(run.max_train_steps, start_step, run.ctx.is_main)
+    micro_batches = iter(batches(run, start_step))
+    step = start_step
+    epoch = (step * c.gradient_accumulation_steps) // run.layout.micro_batches_per_epoch
+    try:
+        while step < run.max_train_steps:
+            started = time.perf_counter()
+            loss = optimizer_step(run, micro_batches)
+            step += 1
+            lr = run.lr_scheduler.get_lr()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            run.reporter.scalar("train/loss", loss, step)
+            run.reporter.scalar("train/lr", lr, step)
+            run.reporter.scalar("train/step_seconds", time.perf_counter() - started, step)
+            if run.ctx.is_main and step % c.save_steps == 0:
+                outputs.save_embeddings(c, learned_rows(run), step=step)
+            new_epoch = (step * c.gradient_accumulation_steps) // run.layout.micro_batches_per_epoch
+            if new_epoch > epoch:
+                epoch = new_epoch
+                if c.validation_prompt and epoch % c.validation_epochs == 0 and run.ctx.is_main:
+                    validate(run, step)
+    finally:
+        bar.close()
+    return step
+
+
+def validate(run: Run, step: int) -> None:
+    c = run.config
+    run_validation(run.components.pipeline, c.validation_prompt, c.num_validation_images, run.seed,
+                   c.resolved_height, c.resolved_width, Path(c.output_dir) / "validation", step, run.reporter)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# entry
+# ------------------------------------------------------------------------------------------------------------
+def train(config: TrainConfig, ctx: Optional[DistContext] = None) -> Path:
+    """Run a whole training; returns the path of the final learned_embeds file."""
+    ctx = ctx or init_distributed()
+    setup_console(ctx.is_main)
+    run = setup(config, ctx)
+    if ctx.is_main:
+        outputs.write_run_files(config, run.seed, run.language)
+    try:
+        step = train_loop(run)
+    except TrainingError:
+        if ctx.is_main:
+            outputs.save_embeddings(config, learned_rows(run))
+        raise
+    final = Path(config.output_dir) / "learned_embeds.pdparams"
+    if ctx.is_main:
+        final = outputs.save_embeddings(config, learned_rows(run))
+        if config.saves_full_pipeline:
+            outputs.save_pipeline(config, run.components, run.rows)
+        if config.push_to_hub:
+            outputs.push_to_hub(config)
+        log.info("done: %d steps; embedding saved to %s", step, final)
+    run.reporter.close()
+    barrier(ctx)
+    return final
