@@ -94,6 +94,11 @@ class TrainConfig:
     # --- outputs ---------------------------------------------------------------------------------------
     output_dir: str = _f("text-inversion-model", "Where embeddings, logs and the pipeline are written.")
     save_steps: int = _f(500, "Save learned_embeds-steps-N.pdparams every X optimizer steps.")
+    save_format: Literal["pdparams", "safetensors", "both"] = _f(
+        "pdparams",
+        "Embedding file format: pdparams (ppdiffusers), safetensors (diffusers learned_embeds.safetensors, "
+        "loads in PyTorch tools), or both.",
+    )
     only_save_embeds: bool = _f(
         True, "Save only the embeddings (default). --no-only_save_embeds also saves the full pipeline."
     )
@@ -205,8 +210,24 @@ def _field_kind(f: dataclasses.Field) -> tuple[type, tuple | None]:
     return hint, None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that answers a wrong flag with one line (and a suggestion) instead of the whole usage."""
+
+    def error(self, message: str) -> "typing.NoReturn":
+        import difflib
+        import re
+
+        hint = ""
+        unknown = re.findall(r"(--[\w-]+)", message) if "unrecognized" in message else []
+        if unknown:
+            flags = [a for action in self._actions for a in action.option_strings]
+            close = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{message}{hint} (see --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="train_textual_inversion.py",
         description="Textual inversion for Stable Diffusion with PaddlePaddle (ppti). Every flag can also be a key "
         "of the --config YAML file; flags given on the command line override the file.",

@@ -19,6 +19,16 @@ def setup_console(is_main: bool) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """ppdiffusers/paddlenlp log every file they load at INFO; keep their warnings and errors only."""
+    from paddlenlp.utils.log import logger as paddlenlp_logger
+    from ppdiffusers.utils import logging as ppdiffusers_logging
+
+    ppdiffusers_logging.set_verbosity_warning()
+    paddlenlp_logger.set_level("WARNING")
 
 
 class Reporter:

@@ -103,9 +103,11 @@ class PlaceholderEmbedding(nn.Layer):
 def install_trainable_rows(
     text_encoder, vocab_size: int, placeholder_ids: Sequence[int], init_ids: Sequence[int]
 ) -> PlaceholderEmbedding:
-    """Resize the text encoder's embedding to the tokenizer, initialise the placeholder rows from the mean of the
+    """Grow the text encoder's embedding to the tokenizer's size, initialise the placeholder rows from the mean of the
     initializer rows, freeze the text encoder and swap in a PlaceholderEmbedding. Returns the new layer."""
-    text_encoder.resize_token_embeddings(vocab_size)
+    if vocab_size > text_encoder.get_input_embeddings().weight.shape[0]:
+        # never shrink: some text encoders have more rows than their tokenizer has tokens
+        text_encoder.resize_token_embeddings(vocab_size)
     weight = text_encoder.get_input_embeddings().weight
     init = weight[paddle.to_tensor(list(init_ids))].astype("float32").mean(axis=0).numpy()  # (D,)
     rows = np.tile(init, (len(placeholder_ids), 1))  # (n, D)

@@ -96,7 +96,21 @@ def build_optimizer(config: TrainConfig, rows: paddle.Tensor, learning_rate: flo
     return optimizer, lr_scheduler
 
 
-def setup(config: TrainConfig, ctx: DistContext) -> Run:
+def enable_memory_efficient_attention(unet) -> None:
+    """Use Paddle's memory-efficient attention where this build supports it; otherwise say so and go on."""
+    try:
+        unet.enable_xformers_memory_efficient_attention()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available here"
+        log.warning(
+            "--enable_xformers_memory_efficient_attention: not available with this Paddle build/device (%s); "
+            "training continues with standard attention", exc
+        )
+    else:
+        log.info("memory-efficient attention enabled")
+
+
+def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components] = None) -> Run:
+    """Everything the loop needs. `components` may be passed in already loaded (tests)."""
     # 1. everything that can be checked without models, before any weight loads
     problems = check_paths(config)
     if problems:
@@ -108,7 +122,7 @@ def setup(config: TrainConfig, ctx: DistContext) -> Run:
     paddle.seed(seed + ctx.rank)
 
     # 2. models, then the placeholder tokens (they change the tokenizer and the text encoder's embedding)
-    components = load_components(config.pretrained_model_name_or_path, config.tokenizer_name)
+    components = components or load_components(config.pretrained_model_name_or_path, config.tokenizer_name)
     tokenizer = components.tokenizer
     placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_tokens())
     init_ids, init_pieces = initializer_ids(tokenizer, config.initializer_token)
@@ -150,6 +164,8 @@ def setup(config: TrainConfig, ctx: DistContext) -> Run:
     optimizer, lr_scheduler = build_optimizer(config, rows.rows, learning_rate, max_train_steps)
     if config.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
+    if config.enable_xformers_memory_efficient_attention:
+        enable_memory_efficient_attention(components.unet)
     text_encoder = wrap_data_parallel(components.text_encoder, ctx)
 
     reporter = Reporter(config.report_to, config.logging_path) if ctx.is_main else NullReporter()

@@ -29,6 +29,7 @@ def image_grid(images: list[Image.Image]) -> Image.Image:
 def render(pipeline, prompt: str, num_images: int, seed: int, height: int, width: int,
            num_inference_steps: int = 25) -> list[Image.Image]:
     """num_images images of the prompt; image i uses seed + i, so grids are comparable across steps."""
+    pipeline.set_progress_bar_config(disable=True)  # the training bar is the one to watch
     images = []
     for i in range(num_images):
         generator = paddle.Generator().manual_seed(seed + i)
