@@ -30,6 +30,12 @@ def add_placeholder_tokens(tokenizer, tokens: Sequence[str]) -> list[int]:
             f"--placeholder_token: the tokenizer already contains {', '.join(known)}; "
             "choose a new word, e.g. '<my-concept>'"
         )
+    existing = tokenizer(tokens[0], add_special_tokens=False)["input_ids"]
+    if len(existing) == 1 and existing[0] != getattr(tokenizer, "unk_token_id", None):
+        raise TokenError(
+            f"--placeholder_token {tokens[0]!r} is already a word of the tokenizer (token id {existing[0]}); "
+            f"it would replace that word in every prompt. Choose a new word, e.g. '<{tokens[0]}-concept>'"
+        )
     added = tokenizer.add_tokens(list(tokens))
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     unk = getattr(tokenizer, "unk_token_id", None)

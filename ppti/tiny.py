@@ -1,0 +1,360 @@
+"""Tiny, randomly initialised Stable Diffusion folders in the layout ppdiffusers `from_pretrained` reads.
+
+One call writes a complete pipeline folder for tests, the demo and benchmarks::
+
+    make_tiny_model("tiny-sd", language="zh")  # -> Path("tiny-sd")
+
+| language | model_index.json        | text encoder                         | tokenizer files                        |
+|----------|-------------------------|--------------------------------------|----------------------------------------|
+| en       | StableDiffusionPipeline | CLIPTextModel (SD-1.x)               | CLIP byte-level BPE vocab.json, merges |
+| zh       | StableDiffusionPipeline | BertModel (Taiyi-1B-Chinese)         | BERT vocab.txt                         |
+| zh_en    | AltDiffusionPipeline    | RobertaSeriesModelWithTransformation | XLM-R sentencepiece.bpe.model          |
+
+The tokenizers are real tokenizers over small generated vocabularies: every English word of the
+textual-inversion templates is one CLIP token, every Chinese template character one BERT token, and unknown
+text still tokenizes (CLIP byte pieces, BERT wordpieces, sentencepiece characters).
+Weights are written by each component's own `save_pretrained`; the same seed gives byte-identical files.
+Sizes keep SD's shapes where the trainer depends on them: VAE downsampling 8 with 4 latent channels and
+scaling factor 0.18215 (64x64 images -> 8x8 latents), UNet cross-attention width = text-encoder width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+LANGUAGES = ("en", "zh", "zh_en")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "unet", "vae")  # subfolders make_tiny_model owns
+
+TEXT_WIDTH = 32  # text-encoder hidden size == UNet cross_attention_dim
+IMAGE_SIZE = 64  # pixels; the VAE's 3 downsamplings make this an 8x8 latent
+
+# Words of the textual-inversion templates (object + style, English) and of common prompts/initializers.
+# The CLIP regex splits "close-up" into "close", "-", "up", so only letter runs need to be listed.
+ENGLISH_WORDS = (
+    # templates
+    "a an the one my of in on with and style photo photos rendering rendition cropped clean dirty dark "
+    "cool close up bright good nice small weird large painting picture "
+    # objects, subjects and styles users pick as concepts or initializers
+    "toy cat dog backpack girl boy pretty woman man person object art drawing ink sketch beach "
+    "sculpture statue teapot mug cup bottle vase lamp clock candle chair table house car robot "
+    "teddy bear duck bird horse fish rabbit tree flower mountain city street garden room window "
+    "portrait illustration oil watercolor anime cartoon landscape sunset forest sea water sky "
+    "wash brush traditional chinese modern abstract fantasy realistic detailed cute beautiful "
+    "red blue green yellow black white golden old new big little high quality light night day "
+    "snow rain wood metal stone glass paper by at for to from is are this that it"
+).split()
+
+# Characters of the Chinese templates and of common Chinese prompts/initializers (one BERT token each).
+CHINESE_CHARS = (
+    "一张幅个只位的了在是有和与我你他她它这那很小大好美丽漂亮可爱干净脏暗亮明奇怪酷特写裁剪照片图画绘作品"
+    "渲染风格样式水墨油彩素描插卡通动漫艺术玩具猫狗鸟鱼马熊兔花树山河海湖天空云雨雪日月星光影"
+    "黄红蓝绿白黑金银色人女孩男子背包杯瓶灯椅桌房车城市街园窗木石纸剑龙虎凤古代现中国传统新旧高清细节"
+    "上下前后里外坐站拿戴穿看调景物体面形线条纹质感晚夜春夏秋冬村路桥船飞机"
+)
+CHINESE_PUNCTUATION = "，。、！？：；（）《》“”‘’—…"
+
+
+@contextlib.contextmanager
+def _reproducible(seed: int) -> Iterator[None]:
+    """Build layers under `paddle.seed(seed)` and fresh parameter names; restore the caller's RNG afterwards.
+
+    The names matter: `paddle.save` stores each parameter's global name ("linear_39.w_0") in .pdparams, and
+    those counters grow with every layer built in the process, so without a fresh name scope a second
+    `make_tiny_model` call in the same process would write different bytes.
+    """
+    import paddle
+
+    devices = sorted({"cpu", paddle.get_device()})  # paddle.seed reseeds the accelerator's generators too
+    states = {d: paddle.get_rng_state(d) for d in devices}
+    paddle.seed(seed)
+    try:
+        with paddle.utils.unique_name.guard():
+            yield
+    finally:
+        for device, state in states.items():
+            paddle.set_rng_state(state, device)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    """Write `obj` the way ConfigMixin does (sorted keys, indent 2), so files diff cleanly."""
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------- en: CLIP BPE
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP/GPT-2's byte -> printable-character table; its order is the order of the first 256 vocab ids."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def _train_bpe(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-level BPE merges that turn every word into one `word</w>` symbol.
+
+    Trained to convergence with deterministic tie-breaking; encoding a training word with these merges
+    replays its training merges, so each word ends as a single token.
+    """
+    byte_char = _bytes_to_unicode()
+    symbols = {}
+    for word in sorted(set(words)):
+        chars = [byte_char[b] for b in word.encode("utf-8")]
+        symbols[word] = chars[:-1] + [chars[-1] + "</w>"]
+    merges = []
+    while True:
+        pairs = Counter(p for s in symbols.values() for p in zip(s, s[1:]))
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda p: (-pairs[p], p))  # most frequent, then alphabetical: reproducible
+        merges.append(best)
+        for word, s in symbols.items():
+            merged, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == best:
+                    merged.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    merged.append(s[i])
+                    i += 1
+            symbols[word] = merged
+
+
+def _clip_added_token(content: str) -> dict:
+    """A special token serialised as SD-1.x's tokenizer_config.json stores it."""
+    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True, "rstrip": False,
+            "single_word": False}
+
+
+def _write_clip_tokenizer(folder: Path) -> int:
+    """vocab.json + merges.txt in CLIP's id order (256 bytes, 256 `byte</w>`, merges, specials); returns size."""
+    merges = _train_bpe(list(ENGLISH_WORDS))
+    base = list(_bytes_to_unicode().values())
+    tokens = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False),
+                                       encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                       encoding="utf-8")
+    eot = _clip_added_token("<|endoftext|>")
+    _write_json(folder / "tokenizer_config.json", {
+        "add_prefix_space": False, "bos_token": _clip_added_token("<|startoftext|>"), "do_lower_case": True,
+        "eos_token": eot, "errors": "replace", "model_max_length": 77, "pad_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer", "unk_token": eot,
+    })
+    plain = {k: v for k, v in eot.items() if k != "__type"}
+    _write_json(folder / "special_tokens_map.json", {
+        "bos_token": {**plain, "content": "<|startoftext|>"}, "eos_token": plain, "pad_token": "<|endoftext|>",
+        "unk_token": plain,
+    })
+    return len(tokens)
+
+
+# ------------------------------------------------------------------------------------------- zh: BERT vocab.txt
+
+
+def _bert_vocab() -> list[str]:
+    """bert-base-chinese's layout ([PAD]=0, [unused1-99], [UNK]=100, [CLS], [SEP], [MASK]) over a small vocab."""
+    specials = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    ascii_chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]  # the tokenizer lower-cases first
+    chinese = sorted(set(CHINESE_CHARS)) + list(CHINESE_PUNCTUATION)
+    # "##x" continuations let any lower-case English word split into wordpieces instead of [UNK].
+    pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"] + ["##s", "##ing", "##ed", "##er"]
+    vocab = specials + ascii_chars + chinese + sorted(set(ENGLISH_WORDS)) + pieces
+    return list(dict.fromkeys(vocab))  # "a", "##s"... appear twice; keep first occurrence, stable order
+
+
+def _write_bert_tokenizer(folder: Path) -> int:
+    """vocab.txt and the configs Taiyi-Stable-Diffusion-1B-Chinese-v0.1's tokenizer folder has; returns size."""
+    vocab = _bert_vocab()
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    specials = {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]", "sep_token": "[SEP]",
+                "unk_token": "[UNK]"}
+    _write_json(folder / "tokenizer_config.json", {
+        **specials, "do_basic_tokenize": True, "do_lower_case": True, "model_max_length": 512,
+        "never_split": None, "strip_accents": None, "tokenize_chinese_chars": True,
+        "tokenizer_class": "BertTokenizer",
+    })
+    _write_json(folder / "special_tokens_map.json", specials)
+    _write_json(folder / "added_tokens.json", {})
+    return len(vocab)
+
+
+# ------------------------------------------------------------------------------------ zh_en: XLM-R sentencepiece
+
+
+def _bilingual_corpus() -> list[str]:
+    """Generated English + Chinese prompt sentences to train the sentencepiece model on.
+
+    Every English word appears inside template-like sentences, so the unigram model keeps "▁photo", "▁toy"...
+    as whole pieces; every listed CJK character and ASCII character appears, so nothing common is <unk>.
+    """
+    frames_en = ["a photo of a {0}", "a painting in the style of {0}",
+                 "the cropped photo of my {0} with one cool, dark, clean {0}",
+                 "a close-up rendering of the {0} and a nice rendition"]
+    frames_zh = ["一张{}的照片", "一幅{}风格的画", "{}的特写照片，高清细节", "一只可爱的{}在海边", "中国传统{}艺术"]
+    subjects_zh = ["玩具", "猫", "狗", "背包", "女孩", "水墨画", "黄光剑", "古代山水", "小鸟", "花"]
+    lines = [f.format(w) for f in frames_en for w in ENGLISH_WORDS]
+    lines += [f.format(s) for f in frames_zh for s in subjects_zh]
+    lines += [CHINESE_CHARS + CHINESE_PUNCTUATION, " ".join(chr(c) for c in range(33, 127))]
+    return lines
+
+
+def _train_sentencepiece() -> bytes:
+    """A small unigram sentencepiece model (<unk>=0, <s>=1, </s>=2 like XLM-R's), trained in memory."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_bilingual_corpus()), model_writer=model, vocab_size=500, hard_vocab_limit=False,
+        model_type="unigram", character_coverage=1.0, num_threads=1,  # one thread: reproducible bytes
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def _write_xlmr_tokenizer(folder: Path) -> int:
+    """sentencepiece.bpe.model and the configs BAAI/AltDiffusion's tokenizer folder has; returns vocab size.
+
+    Ids follow fairseq: <s>=0 <pad>=1 </s>=2 <unk>=3, piece k of the model -> k + 1, <mask> last.
+    mask_token is stored as an AddedToken dict, as the real file has it: ppdiffusers 0.29's XLMRobertaTokenizer
+    builds `AddedToken(..., special=True)` from a plain-string mask token, which paddlenlp 2.8.1's AddedToken
+    does not accept.
+    """
+    import sentencepiece as spm
+
+    model = _train_sentencepiece()
+    (folder / "sentencepiece.bpe.model").write_bytes(model)
+    mask = {"content": "<mask>", "lstrip": True, "normalized": True, "rstrip": False, "single_word": False}
+    specials = {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                "sep_token": "</s>", "unk_token": "<unk>"}
+    _write_json(folder / "tokenizer_config.json", {
+        **specials, "mask_token": {"__type": "AddedToken", **mask}, "model_max_length": 77, "sp_model_kwargs": {},
+        "tokenizer_class": "XLMRobertaTokenizer",
+    })
+    _write_json(folder / "special_tokens_map.json", {**specials, "mask_token": mask})
+    _write_json(folder / "added_tokens.json", {})
+    return spm.SentencePieceProcessor(model_proto=model).get_piece_size() + 2  # fairseq offset 1 + <mask>
+
+
+# ------------------------------------------------------------------------------------------------ components
+
+
+def _text_encoder(language: str, vocab_size: int):
+    """A 2-layer, 32-wide text encoder of the family the real model uses, with its real config conventions."""
+    from ppdiffusers.transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
+
+    small = dict(hidden_size=TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    if language == "en":  # SD-1.x: ids 0/1/2 kept as in its config; pooling uses argmax(id) = <|endoftext|>
+        return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=77,
+                                            projection_dim=TEXT_WIDTH, bos_token_id=0, eos_token_id=2,
+                                            pad_token_id=1, **small))
+    if language == "zh":  # Taiyi: BERT with 512 positions, the tokenizer pads to 512
+        return BertModel(BertConfig(vocab_size=vocab_size, max_position_embeddings=512, pad_token_id=0, **small))
+    from ppdiffusers.pipelines.alt_diffusion.modeling_roberta_series import (
+        RobertaSeriesConfig,
+        RobertaSeriesModelWithTransformation,
+    )
+
+    # AltDiffusion: XLM-R positions start at pad_id + 1 = 2, hence 512 + 2; projected to the UNet width.
+    return RobertaSeriesModelWithTransformation(RobertaSeriesConfig(
+        vocab_size=vocab_size, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+        project_dim=TEXT_WIDTH, use_attention_mask=True, **small))
+
+
+def _unet():
+    """SD-1.x's UNet layout shrunk: cross-attention in the high-resolution block, 8x8 latents."""
+    from ppdiffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+def _vae():
+    """SD's VAE shape (4 blocks = downsampling 8, 4 latent channels, scaling 0.18215) with tiny channels."""
+    from ppdiffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 32), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, sample_size=IMAGE_SIZE, scaling_factor=0.18215,
+    )
+
+
+def _scheduler(prediction_type: str):
+    """SD-1.x's training noise schedule."""
+    from ppdiffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, steps_offset=1, prediction_type=prediction_type)
+
+
+# Per language: tokenizer writer, model_index.json pipeline class, and the (library, class) pairs of the
+# text encoder and tokenizer as the real Paddle downloads name them ("paddlenlp.transformers" is what
+# ppdiffusers wrote when these models were converted; 0.29 maps it to ppdiffusers.transformers on load).
+_FAMILIES = {
+    "en": (_write_clip_tokenizer, "StableDiffusionPipeline",
+           ["paddlenlp.transformers", "CLIPTextModel"], ["paddlenlp.transformers", "CLIPTokenizer"]),
+    "zh": (_write_bert_tokenizer, "StableDiffusionPipeline",
+           ["paddlenlp.transformers", "BertModel"], ["paddlenlp.transformers", "BertTokenizer"]),
+    "zh_en": (_write_xlmr_tokenizer, "AltDiffusionPipeline",
+              ["alt_diffusion", "RobertaSeriesModelWithTransformation"],
+              ["paddlenlp.transformers", "XLMRobertaTokenizer"]),
+}
+
+
+def _model_index(pipeline_class: str, text_encoder: list, tokenizer: list) -> dict:
+    """model_index.json: no safety checker / feature extractor (optional components, as the configs allow)."""
+    from ppdiffusers import __version__
+
+    return {
+        "_class_name": pipeline_class, "_ppdiffusers_version": __version__,
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+        "safety_checker": [None, None], "scheduler": ["ppdiffusers", "DDPMScheduler"], "text_encoder": text_encoder,
+        "tokenizer": tokenizer, "unet": ["ppdiffusers", "UNet2DConditionModel"],
+        "vae": ["ppdiffusers", "AutoencoderKL"],
+    }
+
+
+def make_tiny_model(out_dir, language: str = "en", seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """Write a tiny random Stable Diffusion pipeline folder for `language` into `out_dir` and return its path.
+
+    Same arguments -> byte-identical files. Existing component subfolders of `out_dir` are replaced; the
+    caller's paddle RNG state is left unchanged.
+    """
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    write_tokenizer, pipeline_class, text_encoder_entry, tokenizer_entry = _FAMILIES[language]
+    out = Path(out_dir)
+    for sub in COMPONENTS:  # replace, never merge: a stale vocab.txt next to merges.txt would change the family
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+        (out / sub).mkdir(parents=True)
+
+    vocab_size = write_tokenizer(out / "tokenizer")
+    # One derived seed per component: each one's weights do not depend on the others' parameter counts.
+    builders = {"text_encoder": lambda: _text_encoder(language, vocab_size), "unet": _unet, "vae": _vae}
+    for offset, (name, build) in enumerate(builders.items()):
+        with _reproducible(seed * len(builders) + offset):
+            model = build()
+        model.save_pretrained(str(out / name))
+    _scheduler(prediction_type).save_pretrained(str(out / "scheduler"))
+    _write_json(out / "model_index.json", _model_index(pipeline_class, text_encoder_entry, tokenizer_entry))
+    return out

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny real-layout models (built once per session) and the bundled concept images."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_IMAGES = REPO / "examples" / "demo_concept"
+ENTRY = REPO / "train_textual_inversion.py"
+
+
+
+@pytest.fixture(scope="session")
+def tiny_model_en(tmp_path_factory) -> Path:
+    from ppti.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd-en", language="en")
+
+
+@pytest.fixture
+def demo_images() -> Path:
+    return DEMO_IMAGES
+
+
+def train_args(model: Path, data: Path, out: Path, **overrides) -> list[str]:
+    """Command-line flags of a small, fast run; keyword overrides become --key value (True -> bare flag)."""
+    values = {
+        "pretrained_model_name_or_path": model, "train_data_dir": data, "output_dir": out,
+        "placeholder_token": "<demo-toy>", "initializer_token": "toy", "resolution": 64,
+        "train_batch_size": 2, "max_train_steps": 4, "learning_rate": 5e-3, "repeats": 4, "seed": 7,
+        "report_to": "none", "lr_warmup_steps": 0,
+    }
+    values.update(overrides)
+    args: list[str] = []
+    for key, value in values.items():
+        if value is True:
+            args.append(f"--{key}")
+        elif value is False:
+            args.append(f"--no-{key}")
+        elif value is not None:
+            args += [f"--{key}", str(value)]
+    return args
+
+
+def run_entry(args: list[str], timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    """train_textual_inversion.py in a subprocess, exactly as a user runs it."""
+    return subprocess.run([sys.executable, str(ENTRY), *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, **kwargs)
