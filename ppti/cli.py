@@ -4,6 +4,7 @@ traceback from deep inside Paddle."""
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Optional
 
 from .config import ConfigError, parse_config
@@ -19,9 +20,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    # Import-time noise from Paddle's build tooling, irrelevant to training.
+    warnings.filterwarnings("ignore", message="No ccache found")
+    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
     # Paddle and ppdiffusers import slowly: only after the configuration is known to be valid.
     from .data import DataError
     from .models import ModelError
+    from .signals import TrainingInterrupted
     from .tokens import TokenError
     from .train import TrainingError, train
 
@@ -33,6 +38,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_TRAINING_FAILED
+    except TrainingInterrupted as exc:  # SIGINT/SIGTERM: the current step was saved
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -19,6 +19,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .templates import parse_template_file
+
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_MAX_TRAIN_STEPS = 5000  # the example's effective default when neither length flag is given
 
@@ -53,6 +55,10 @@ class TrainConfig:
         None, "A token (or word) to use as initializer; several sub-tokens are averaged.", required=True
     )
     learnable_property: Literal["object", "style"] = _f("object", "Choose between 'object' and 'style'.")
+    templates: Optional[str] = _f(
+        None, "A UTF-8 text file with one prompt template per line, {} marking the placeholder (e.g. "
+        "'一幅{}风格的画'); replaces the built-in templates of --learnable_property and --language.",
+    )
     num_vectors: int = _f(1, "How many textual inversion vectors shall be used to learn the concept.")
     repeats: int = _f(100, "How many times to repeat the training data.")
     # --- images ----------------------------------------------------------------------------------------
@@ -91,6 +97,15 @@ class TrainConfig:
     enable_xformers_memory_efficient_attention: bool = _f(
         False, "Use memory-efficient attention (needs a GPU build of Paddle that supports it)."
     )
+    cache_latents: bool = _f(
+        True, "Encode every image variant (as is, flipped) with the VAE once and sample its cached posterior each "
+        "step (same distribution as encoding every step). --no_cache_latents encodes every step, like the "
+        "ppdiffusers example.",
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = _f(
+        "no", "Run the frozen UNet and VAE in fp16 (with loss scaling) or bf16; the trained rows and optimizer "
+        "state stay float32. Needs a device whose Paddle build has half-precision kernels (a GPU; bf16: Ampere+).",
+    )
     # --- outputs ---------------------------------------------------------------------------------------
     output_dir: str = _f("text-inversion-model", "Where embeddings, logs and the pipeline are written.")
     save_steps: int = _f(500, "Save learned_embeds-steps-N.pdparams every X optimizer steps.")
@@ -109,9 +124,25 @@ class TrainConfig:
     logging_dir: str = _f("logs", "VisualDL/TensorBoard log directory, relative to output_dir.")
     report_to: Literal["visualdl", "tensorboard", "none"] = _f("visualdl", "Where to log scalars and images.")
     # --- validation ------------------------------------------------------------------------------------
-    validation_prompt: Optional[str] = _f(None, "A prompt used during validation to check the concept is learned.")
+    validation_prompt: Optional[list[str]] = _f(
+        None, "A prompt used during validation to check the concept is learned. Repeat the flag (or give a YAML "
+        "list) for several prompts; each gets one row of the grid output_dir/validation/step-N.png.",
+    )
     num_validation_images: int = _f(4, "Number of images generated for each validation prompt.")
     validation_epochs: int = _f(50, "Run validation every X epochs.")
+    validation_steps: Optional[int] = _f(None, "Run validation every X steps (in addition to --validation_epochs).")
+    # --- checkpoints -----------------------------------------------------------------------------------
+    checkpointing_steps: int = _f(
+        500,
+        "Save a checkpoint of the training state every X updates. These checkpoints are only suitable for resuming "
+        "training using `--resume_from_checkpoint`. 0 disables them.",
+    )
+    checkpoints_total_limit: Optional[int] = _f(None, "Max number of checkpoints to store.")
+    resume_from_checkpoint: Optional[str] = _f(
+        None,
+        "Whether training should be resumed from a previous checkpoint. Use a path saved by "
+        "`--checkpointing_steps`, or `\"latest\"` to automatically select the last available checkpoint.",
+    )
     # --- hub -------------------------------------------------------------------------------------------
     push_to_hub: bool = _f(False, "Upload output_dir to the Hugging Face Hub at the end of training.")
     hub_token: Optional[str] = _f(None, "The token to use to push to the Model Hub.")
@@ -143,6 +174,12 @@ class TrainConfig:
         """What stands for the concept inside a prompt: every vector's token, so every row trains."""
         return " ".join(self.placeholder_tokens())
 
+    @property
+    def validation_prompts(self) -> list[str]:
+        """--validation_prompt as a list (a plain string given in code counts as one prompt)."""
+        prompts = self.validation_prompt or []
+        return [prompts] if isinstance(prompts, str) else list(prompts)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -161,15 +198,20 @@ class TrainConfig:
             )
         if self.initializer_token is not None and not self.initializer_token.strip():
             out.append("--initializer_token is empty; give a word close to the concept, e.g. 'toy' or 'style'")
+        if self.templates is not None:
+            out += parse_template_file(self.templates)[1]
+        if any(not prompt.strip() for prompt in self.validation_prompts):
+            out.append("--validation_prompt is empty; give a prompt such as 'a photo of a <cat-toy>'")
         for name in ("num_vectors", "repeats", "resolution", "train_batch_size", "gradient_accumulation_steps",
                      "save_steps", "num_validation_images", "validation_epochs", "lr_num_cycles"):
             if getattr(self, name) < 1:
                 out.append(f"--{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("num_train_epochs", "max_train_steps", "height", "width"):
+        for name in ("num_train_epochs", "max_train_steps", "height", "width", "validation_steps",
+                     "checkpoints_total_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 out.append(f"--{name} must be >= 1 (got {value})")
-        for name in ("lr_warmup_steps", "dataloader_num_workers"):
+        for name in ("lr_warmup_steps", "dataloader_num_workers", "checkpointing_steps"):
             if getattr(self, name) < 0:
                 out.append(f"--{name} must be >= 0 (got {getattr(self, name)})")
         for name, value in (("height", self.resolved_height), ("width", self.resolved_width)):
@@ -198,12 +240,14 @@ class TrainConfig:
 # Building a config: defaults <- YAML file <- command line
 # ------------------------------------------------------------------------------------------------------------
 def _field_kind(f: dataclasses.Field) -> tuple[type, tuple | None]:
-    """(python type, choices) of a field, unwrapping Optional and Literal."""
+    """(python type, choices) of a field, unwrapping Optional and Literal; list[str] fields are `list`."""
     hint = typing.get_type_hints(TrainConfig)[f.name]
     args = typing.get_args(hint)
     if typing.get_origin(hint) is typing.Union:  # Optional[X]
         hint = next(a for a in args if a is not type(None))
         args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        return list, None
     if typing.get_origin(hint) is Literal:
         choices = tuple(a for arg in args for a in (arg if isinstance(arg, tuple) else (arg,)))
         return str, choices
@@ -226,6 +270,17 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message}{hint} (see --help)")
 
 
+class _BooleanFlag(argparse.BooleanOptionalAction):
+    """--x / --no-x, plus --no_x: the underscore spelling users copy from READMEs (e.g. --no_cache_latents)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.option_strings += [f"--no_{s[2:]}" for s in option_strings if s.startswith("--")]
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, not option_string.startswith(("--no-", "--no_")))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="train_textual_inversion.py",
@@ -238,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         kind, choices = _field_kind(f)
         help_text = f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})")
         if kind is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(f"--{f.name}", action=_BooleanFlag, help=help_text)
+        elif kind is list:  # repeatable: --validation_prompt "a" --validation_prompt "b"
+            parser.add_argument(f"--{f.name}", action="append", type=str, help=help_text)
         else:
             parser.add_argument(f"--{f.name}", type=kind, choices=choices, help=help_text, metavar=None)
     return parser
@@ -250,6 +307,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     kind, choices = _field_kind(f)
     if value is None:
         return None
+    if kind is list:  # a single string stays valid: it is a list of one
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{source}: '{name}' must be a string or a list of strings, got {value!r}")
+        return items
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is float and isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string

@@ -1,15 +1,53 @@
-"""Data-parallel context, read once: rank, world size, who writes files.
+"""Data parallelism in one place: rank and world size read once, who writes, what is communicated, and how an
+error on one rank ends the run.
 
-Under `python -m paddle.distributed.launch` every process runs the same script; rank 0 alone logs and writes.
+The same script runs alone or under `python -m paddle.distributed.launch` (GPUs: `--gpus 0,1,2,3`; CPU:
+`--nproc_per_node N`, gloo; several machines: `--ips` or `--master` + `--nnodes`). Each rank trains on its own
+slice of every global micro-batch (see data.StreamLayout); `paddle.DataParallel` averages the gradients; rank 0
+alone logs and writes files.
+
+What goes over the wire: `paddle.DataParallel` registers only trainable parameters with its reducer, and the only
+trainable parameter is `PlaceholderEmbedding.rows` (`[num_vectors, dim]`), so the per-step all-reduce carries just
+those rows' gradient -- not the `[vocab, dim]` matrix the ppdiffusers example all-reduces every step. The frozen
+weights are also kept out of the one-off parameter broadcast DataParallel does when it wraps the model (see
+`wrap_data_parallel`). With gradient accumulation the all-reduce runs once per optimizer step (`no_sync`).
+
+Errors: when a rank raises, it exits non-zero and the launcher stops the other ranks. The launcher shows the
+console output of rank 0 (and the log tail of the lowest failed rank), so a rank other than 0 first hands its error
+message to rank 0, which prints it (`report_failures_to_main_rank`, `watch_for_failures`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import logging
+import os
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import paddle
 import paddle.distributed as dist
+
+from .atomic import atomic_path
+from .signals import TrainingInterrupted
+
+log = logging.getLogger("ppti")
+
+# Test-only: a directory where every rank writes its own copy of the trained rows (rank-R-rows.npy) at the end
+# of training, so a test can prove that all ranks hold the same embedding.
+RANK_ROWS_DUMP_ENV = "PPTI_TEST_DUMP_RANK_ROWS"
+
+# Keys in the launcher's key-value store (hosted by rank 0) used to hand an error over to rank 0.
+_FAILURE_COUNT_KEY = "ppti/failures"
+_FAILURE_MESSAGE_KEY = "ppti/failure/{}"
+_FAILURE_SEEN_KEY = "ppti/failure-seen/{}"
+FAILURE_POLL_SECONDS = 0.5
+FAILURE_HANDOVER_SECONDS = 10.0  # how long a failing rank waits for rank 0 to print its error before it exits
 
 
 @dataclass(frozen=True)
@@ -27,15 +65,33 @@ class DistContext:
 
 
 def init_distributed() -> DistContext:
+    """Read rank/world size from the launcher's environment; join the process group when there are several ranks."""
     world_size = dist.get_world_size()
-    if world_size > 1:
-        dist.init_parallel_env()
-    return DistContext(rank=dist.get_rank(), world_size=world_size)
+    if world_size <= 1:
+        return DistContext()
+    dist.init_parallel_env()
+    ctx = DistContext(rank=dist.get_rank(), world_size=world_size)
+    if ctx.is_main:
+        watch_for_failures()
+    return ctx
 
 
+# ------------------------------------------------------------------------------------------------------------
+# gradients
+# ------------------------------------------------------------------------------------------------------------
 def wrap_data_parallel(model, ctx: DistContext):
-    """paddle.DataParallel over the model when several ranks run (it all-reduces only trainable parameters)."""
-    return paddle.DataParallel(model) if ctx.enabled else model
+    """paddle.DataParallel over the model when several ranks run.
+
+    Its reducer takes only trainable parameters, i.e. the placeholder rows. The frozen parameters are tagged
+    `no_sync`, which makes the broadcast DataParallel does at construction skip them: every rank loaded them from
+    the same files, and for SD-1.x they are the whole 123M-parameter text encoder.
+    """
+    if not ctx.enabled:
+        return model
+    for param in model.parameters():
+        if param.stop_gradient:
+            param.no_sync = True
+    return paddle.DataParallel(model)
 
 
 def unwrap(model):
@@ -43,12 +99,116 @@ def unwrap(model):
 
 
 def no_sync(model, skip_sync: bool):
-    """Skip the gradient all-reduce on accumulation micro-steps."""
+    """Skip the gradient all-reduce on accumulation micro-steps (gradients then add up locally)."""
     if skip_sync and isinstance(model, paddle.DataParallel):
         return model.no_sync()
     return contextlib.nullcontext()
 
 
+def mean_across_ranks(value: float, ctx: DistContext) -> float:
+    """The mean of a per-rank number over all ranks (the loss of the global batch). Every rank gets the same
+    value, so decisions taken on it (stop on a non-finite loss) are taken by all ranks together."""
+    if not ctx.enabled:
+        return value
+    total = paddle.to_tensor([value], dtype="float32")
+    dist.all_reduce(total)
+    return float(total.item()) / ctx.world_size
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# errors on one rank
+# ------------------------------------------------------------------------------------------------------------
+def watch_for_failures() -> None:
+    """Rank 0: print, in the log the launcher shows, the errors other ranks hand over (a daemon thread)."""
+    if "PADDLE_MASTER" not in os.environ:
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        # A connection of its own to the store: a client must not be used by two threads at once.
+        from paddle.base import core
+
+        host, port = os.environ["PADDLE_MASTER"].split(":")
+        store, printed = core.TCPStore(host, int(port), False, 0, 60), 0
+        while True:
+            stopping = stop.wait(FAILURE_POLL_SECONDS)
+            while store.add(_FAILURE_COUNT_KEY, 0) > printed:  # (add 0 reads the counter)
+                printed += 1
+                message = bytes(store.get(_FAILURE_MESSAGE_KEY.format(printed))).decode("utf-8", "replace")
+                log.error("%s", message)
+                store.add(_FAILURE_SEEN_KEY.format(printed), 1)
+            if stopping:
+                return
+
+    thread = threading.Thread(target=watch, name="ppti-failure-watch", daemon=True)
+    thread.start()
+
+    @atexit.register
+    def stop_watching() -> None:
+        # End the thread (after a last look for errors) before the interpreter shuts down: Python ends a daemon
+        # thread that is still running by unwinding its stack, and unwinding through a Paddle call aborts.
+        stop.set()
+        thread.join(FAILURE_HANDOVER_SECONDS)
+
+
+def hand_failure_to_main_rank(message: str) -> None:
+    """A rank other than 0: give rank 0 the message and wait until it has printed it, or is gone, or
+    FAILURE_HANDOVER_SECONDS have passed."""
+    from paddle.base import core
+
+    store = core.create_or_get_global_tcp_store()  # connected since init; this thread is its only user now
+
+    def hand_over() -> None:
+        try:
+            slot = store.add(_FAILURE_COUNT_KEY, 1)
+            store.set(_FAILURE_MESSAGE_KEY.format(slot), message.encode("utf-8"))
+            while store.add(_FAILURE_SEEN_KEY.format(slot), 0) == 0:
+                time.sleep(FAILURE_POLL_SECONDS / 5)
+        except Exception:  # noqa: BLE001 - rank 0 (which hosts the store) is gone: nobody left to tell
+            return
+
+    thread = threading.Thread(target=hand_over, name="ppti-failure-handover", daemon=True)
+    thread.start()
+    thread.join(FAILURE_HANDOVER_SECONDS)
+
+
+def worker_log() -> Path:
+    """Where the launcher writes this rank's output (on this rank's machine)."""
+    local_rank = os.environ.get("PADDLE_LOCAL_RANK", "?")
+    return Path(os.environ.get("PADDLE_LOG_DIR", "log")) / f"workerlog.{local_rank}"
+
+
+def report_failures_to_main_rank(func):
+    """Decorator for the training entry: an exception on a rank other than 0 is also printed by rank 0, then
+    re-raised (the CLI prints it on this rank and exits non-zero; the launcher then stops every rank)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except TrainingInterrupted:  # every rank agreed to stop on a signal: not a failure
+            raise
+        except Exception as exc:
+            if dist.is_initialized() and dist.get_world_size() > 1 and dist.get_rank() != 0:
+                hand_failure_to_main_rank(
+                    f"rank {dist.get_rank()} failed: {type(exc).__name__}: {exc} (its full output: {worker_log()})"
+                )
+            raise
+
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------------------------
+# test support
+# ------------------------------------------------------------------------------------------------------------
+def dump_rank_rows_for_tests(ctx: DistContext, rows: np.ndarray) -> None:
+    """Test-only (see RANK_ROWS_DUMP_ENV): every rank writes its own copy of the trained rows."""
+    directory = os.environ.get(RANK_ROWS_DUMP_ENV)
+    if directory:
+        with atomic_path(Path(directory) / f"rank-{ctx.rank}-rows.npy") as tmp:
+            np.save(tmp, rows)

@@ -23,6 +23,16 @@ FAMILIES = {
     "BertModel": ("bert", "zh"),
     "RobertaSeriesModelWithTransformation": ("xlmr", "zh_en"),
 }
+# family -> (the tokenizer class ppdiffusers builds for it, the files such a tokenizer folder holds)
+TOKENIZERS = {
+    "clip": ("CLIPTokenizer", ("vocab.json", "merges.txt")),
+    "bert": ("BertTokenizer", ("vocab.txt",)),
+    "xlmr": ("XLMRobertaTokenizer", ("sentencepiece.bpe.model",)),
+}
+# Prompt length of the real models of each family (SD-1.x CLIP 77, Taiyi BERT 512, AltDiffusion XLM-R 77), used
+# when a tokenizer sets no model_max_length of its own.
+FAMILY_MAX_LENGTH = {"clip": 77, "bert": 512, "xlmr": 77}
+UNSET_MAX_LENGTH = 10**8  # paddlenlp's "no model_max_length" is a huge integer
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -97,6 +107,65 @@ def text_encoder_architecture(model_dir: Path) -> str:
     return name
 
 
+def check_tokenizer_folder(model_dir: Path, index: dict, architecture: str) -> None:
+    """The tokenizer model_index.json names must be one the text encoder's family reads, with its files present."""
+    family = FAMILIES[architecture][0]
+    name = (index.get("tokenizer") or [None, None])[1]
+    supported = {cls: fam for fam, (cls, _) in TOKENIZERS.items()}
+    if name not in supported:
+        raise ModelError(f"{model_dir / 'model_index.json'}: tokenizer {name} is not supported; supported: "
+                         f"{', '.join(supported)}")
+    expected = TOKENIZERS[family][0]
+    if supported[name] != family:
+        raise ModelError(f"{model_dir / 'model_index.json'}: the text encoder {architecture} reads ids of a "
+                         f"{expected}, but the tokenizer is a {name}; point --pretrained_model_name_or_path at a "
+                         f"complete model folder (or give --tokenizer_name with a {expected} folder)")
+    folder = model_dir / "tokenizer"
+    missing = [f for f in TOKENIZERS[family][1] if not (folder / f).is_file()]
+    if missing:
+        present = sorted(p.name for p in folder.iterdir())
+        raise ModelError(f"{folder}: a {name} needs {', '.join(TOKENIZERS[family][1])}; missing "
+                         f"{', '.join(missing)} (present: {', '.join(present) or 'nothing'}). Re-download the model")
+
+
+def xlmr_mask_token(tokenizer_dir: Path):
+    """A ready-made `<mask>` AddedToken when tokenizer_config.json would crash XLMRobertaTokenizer, else None.
+
+    ppdiffusers 0.29's XLMRobertaTokenizer wraps a plain-string (or absent) mask_token in
+    `AddedToken(..., special=True)`, and paddlenlp 2.8.1 rebuilds a stored AddedToken dict with all its keys; its
+    AddedToken has no `special`, so both raise TypeError. Passing the mask token in avoids both paths.
+    """
+    from paddlenlp.transformers.tokenizer_utils import AddedToken
+
+    path = tokenizer_dir / "tokenizer_config.json"
+    mask = read_json(path, f"tokenizer folder {tokenizer_dir}").get("mask_token") if path.is_file() else None
+    if isinstance(mask, dict) and mask.get("__type") == "AddedToken" and "special" not in mask:
+        return None  # the layout of the published AltDiffusion files: loads as it is
+    content = mask.get("content", "<mask>") if isinstance(mask, dict) else (mask or "<mask>")
+    log.info("%s stores mask_token as %r: loading it as an AddedToken (paddlenlp %s's AddedToken has no 'special')",
+             path, mask, _paddlenlp_version())
+    return AddedToken(content, lstrip=True)
+
+
+def _supported_pairs() -> str:
+    return "; ".join(f"{arch} + {TOKENIZERS[family][0]}" for arch, (family, _) in FAMILIES.items())
+
+
+def _paddlenlp_version() -> str:
+    import paddlenlp
+
+    return paddlenlp.__version__
+
+
+def load_tokenizer(tokenizer_class, path: str):
+    """`tokenizer_class.from_pretrained(path)`, with the XLM-R mask-token workaround for local folders."""
+    local = Path(path).is_dir()
+    mask = xlmr_mask_token(Path(path)) if tokenizer_class.__name__ == "XLMRobertaTokenizer" and local else None
+    if mask is None:
+        return tokenizer_class.from_pretrained(path)
+    return tokenizer_class.from_pretrained(path, mask_token=mask)
+
+
 @contextlib.contextmanager
 def record_loading_info() -> Iterator[list[tuple[str, list[str], list[str]]]]:
     """Record (class, missing keys, unexpected keys) of every weight load inside the block.
@@ -153,26 +222,40 @@ def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Co
 
     model_dir = Path(model_path)
     local = model_dir.is_dir()
+    overrides = {}  # components built here instead of by DiffusionPipeline.from_pretrained
     if local:
-        check_model_folder(model_dir)
+        index = check_model_folder(model_dir)
         architecture = text_encoder_architecture(model_dir)
+        check_tokenizer_folder(model_dir, index, architecture)
     try:
+        if local and FAMILIES[architecture][0] == "xlmr":  # built here for the mask-token workaround
+            from ppdiffusers.transformers import XLMRobertaTokenizer
+
+            overrides["tokenizer"] = load_tokenizer(XLMRobertaTokenizer, str(model_dir / "tokenizer"))
         with record_loading_info() as records:
             pipeline = DiffusionPipeline.from_pretrained(
-                model_path, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+                model_path, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **overrides
             )
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable line
-        raise ModelError(f"--pretrained_model_name_or_path {model_path}: cannot load the model ({exc})") from exc
+        hint = ""
+        if isinstance(exc, TypeError) and "special" in str(exc):  # see xlmr_mask_token
+            hint = (f". Its XLMRobertaTokenizer cannot be built with paddlenlp {_paddlenlp_version()}: download the "
+                    "model folder and pass its local path, ppti then loads the tokenizer with a working mask token")
+        raise ModelError(f"--pretrained_model_name_or_path {model_path}: cannot load the model ({exc}){hint}") from exc
     check_all_weights_loaded(records, model_dir)
     if not local:
         architecture = type(pipeline.text_encoder).__name__
         if architecture not in FAMILIES:
             raise ModelError(f"{model_path}: text encoder {architecture} is not supported; supported: {', '.join(FAMILIES)}")
+        tokenizer_class = type(pipeline.tokenizer).__name__
+        if tokenizer_class != TOKENIZERS[FAMILIES[architecture][0]][0]:
+            raise ModelError(f"{model_path}: the text encoder {architecture} cannot read a {tokenizer_class}; "
+                             f"supported pairs: {_supported_pairs()}")
     if tokenizer_name:
         try:
-            pipeline.tokenizer = type(pipeline.tokenizer).from_pretrained(tokenizer_name)
+            pipeline.tokenizer = load_tokenizer(type(pipeline.tokenizer), tokenizer_name)
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"--tokenizer_name {tokenizer_name}: cannot load a {type(pipeline.tokenizer).__name__} "
                              f"({exc})") from exc
@@ -196,7 +279,7 @@ def detect_language(requested: str, components: Components, model_path: str) -> 
     else the example's name heuristics."""
     if requested != "auto":
         return requested, "--language"
-    name = model_path.lower()
+    name = model_name(model_path).lower()
     if components.family == "clip":
         if "chinese-en" in name or "chinese_en" in name:
             return "zh_en", "CLIP text encoder, model name contains 'chinese-en'"
@@ -204,6 +287,31 @@ def detect_language(requested: str, components: Components, model_path: str) -> 
             return "zh", "CLIP text encoder, model name contains 'chinese'"
     language = FAMILIES[components.architecture][1]
     return language, f"text encoder {components.architecture}"
+
+
+def model_name(model_path: str) -> str:
+    """The model's own name for the language heuristics: a local folder's name (also for '.'), else the Hub id.
+    Parent folders are not part of it: '/data/chinese/sd15' is an English model."""
+    path = Path(model_path)
+    return path.resolve().name if path.is_dir() else model_path
+
+
+def prompt_max_length(components: Components) -> tuple[int, str]:
+    """(length prompts are padded/truncated to, why). Training must see what inference sees: ppdiffusers'
+    pipelines pad to tokenizer.model_max_length, so that is the length, within the text encoder's positions."""
+    tokenizer_max = components.tokenizer.model_max_length
+    text_config = components.text_encoder.config
+    text_config = text_config if isinstance(text_config, dict) else text_config.to_dict()
+    positions = text_config.get("max_position_embeddings") or UNSET_MAX_LENGTH
+    if components.family == "xlmr":
+        positions -= 2  # RoBERTa position ids start after the padding index (1)
+    if tokenizer_max >= UNSET_MAX_LENGTH:
+        length = min(FAMILY_MAX_LENGTH[components.family], positions)
+        return length, f"the tokenizer sets no model_max_length; {length} as in the real {components.family} models"
+    if tokenizer_max > positions:
+        return positions, (f"the tokenizer's model_max_length {tokenizer_max} is more than the text encoder's "
+                           f"{positions} positions")
+    return tokenizer_max, "the tokenizer's model_max_length, which the inference pipeline pads prompts to"
 
 
 def tokenize_fn(tokenizer, max_length: int):

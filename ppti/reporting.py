@@ -20,6 +20,10 @@ def setup_console(is_main: bool) -> None:
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
     quiet_libraries()
+    if not is_main:  # other ranks stay quiet: no model-loading progress bars either
+        from ppdiffusers.utils import logging as ppdiffusers_logging
+
+        ppdiffusers_logging.disable_progress_bar()
 
 
 def quiet_libraries() -> None:

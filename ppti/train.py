@@ -12,24 +12,29 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from . import outputs
+from . import checkpoint, outputs
 from .config import DEFAULT_MAX_TRAIN_STEPS, ConfigError, TrainConfig, check_paths
-from .data import ExampleStream, RankBatches, StreamLayout, load_concept_images, tokenize_templates
-from .distributed import DistContext, barrier, init_distributed, no_sync, unwrap, wrap_data_parallel
-from .latents import CachedLatents, latent_shape
-from .models import Components, detect_language, load_components, tokenize_fn
-from .reporting import NullReporter, Reporter, format_summary, progress_bar, setup_console
-from .templates import templates_for
-from .tokens import (
-    PlaceholderEmbedding, add_placeholder_tokens, check_prompts_contain, initializer_ids, install_trainable_rows,
+from .data import ExampleStream, RankBatches, StreamLayout, load_concept_images
+from .distributed import (
+    DistContext, barrier, dump_rank_rows_for_tests, init_distributed, mean_across_ranks, no_sync,
+    report_failures_to_main_rank, wrap_data_parallel,
 )
-from .validation import run_validation
+from .latents import latent_shape, latent_source, release_vae, vae_needed_after_setup
+from .models import Components, load_components
+from .precision import Precision, prepare_frozen_models, resolve_precision
+from .prompts import build_prompts
+from .reporting import NullReporter, Reporter, format_summary, progress_bar, setup_console
+from .tokens import (
+    PlaceholderEmbedding, add_placeholder_tokens, initializer_ids, install_trainable_rows,
+)
+from .signals import StopRequest, TrainingInterrupted, stop_on_signals
+from .validation import run_validation, validation_due, warn_missing_placeholder
 
 log = logging.getLogger("ppti")
 
@@ -57,6 +62,7 @@ class Run:
     reporter: Reporter
     templates: list[str]
     language: str
+    precision: Precision  # compute dtype of the frozen UNet/VAE; loss scaling for fp16
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -101,9 +107,12 @@ def enable_memory_efficient_attention(unet) -> None:
     try:
         unet.enable_xformers_memory_efficient_attention()
     except Exception as exc:  # noqa: BLE001 - any failure means "not available here"
+        # ppdiffusers probes paddle.incubate.nn.memory_efficient_attention (a CUDA fp16 kernel); its own message
+        # claims scaled_dot_product_attention is missing, which misleads on CPU builds that have it.
         log.warning(
-            "--enable_xformers_memory_efficient_attention: not available with this Paddle build/device (%s); "
-            "training continues with standard attention", exc
+            "--enable_xformers_memory_efficient_attention: Paddle's memory-efficient attention kernel does not run "
+            "on %s with this build (it needs a CUDA GPU build of Paddle; ppdiffusers: %s); training continues with "
+            "standard attention", paddle.device.get_device(), str(exc).split(". ")[0]
         )
     else:
         log.info("memory-efficient attention enabled")
@@ -118,28 +127,26 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     images = load_concept_images(
         config.train_data_dir, config.resolved_height, config.resolved_width, config.center_crop
     )
+    precision = resolve_precision(config.mixed_precision)  # refuses a dtype this device cannot compute in
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     paddle.seed(seed + ctx.rank)
 
     # 2. models, then the placeholder tokens (they change the tokenizer and the text encoder's embedding)
     components = components or load_components(config.pretrained_model_name_or_path, config.tokenizer_name)
+    prepare_frozen_models(components, precision)  # no weight gradients; compute dtype (before the fp32 rows exist)
     tokenizer = components.tokenizer
     placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_tokens())
-    init_ids, init_pieces = initializer_ids(tokenizer, config.initializer_token)
-    log.info("initializer %r -> %s (mean of %d row(s))", config.initializer_token, init_pieces, len(init_ids))
+    init_ids, _ = initializer_ids(tokenizer, config.initializer_token)  # logs the pieces it averages
     rows = install_trainable_rows(components.text_encoder, len(tokenizer), placeholder_ids, init_ids)
 
-    # 3. prompts: templates in the model's language, tokenized once
-    language, why = detect_language(config.language, components, config.pretrained_model_name_or_path)
-    log.info("prompt language: %s (%s)", language, why)
-    templates = templates_for(config.learnable_property, language)
-    max_length = min(tokenizer.model_max_length, 512)
-    prompt_ids = tokenize_templates(templates, config.placeholder_text(), tokenize_fn(tokenizer, max_length))
-    check_prompts_contain(prompt_ids, placeholder_ids, templates)
+    # 3. prompts: templates in the model's language, tokenized once (language and length logged with reasons)
+    prompts = build_prompts(config, components, placeholder_ids)
+    templates, language, prompt_ids = prompts.templates, prompts.language, prompts.ids
 
-    # 4. latents: every image variant encoded once; the example stream draws everything else per example
+    # 4. latents: every image variant encoded once (unless --no_cache_latents); the example stream draws everything
+    # else per example. The VAE is released afterwards when nothing else needs it.
     height, width = config.resolved_height, config.resolved_width
-    latents = CachedLatents(components.vae, images.pixels)
+    latents = latent_source(components.vae, images.pixels, config.cache_latents)
     stream = ExampleStream(
         seed=seed,
         num_images=images.num_images,
@@ -149,6 +156,8 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
         num_train_timesteps=components.noise_scheduler.config.num_train_timesteps,
         noise_offset=config.noise_offset,
     )
+    if not vae_needed_after_setup(config):
+        release_vae(components.pipeline)
     layout = StreamLayout(images.num_images * config.repeats, config.train_batch_size, ctx.world_size)
     if layout.micro_batches_per_epoch < 1:
         raise ConfigError(
@@ -170,7 +179,8 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
 
     reporter = Reporter(config.report_to, config.logging_path) if ctx.is_main else NullReporter()
     run = Run(config, ctx, seed, components, rows, placeholder_ids, text_encoder, latents, stream, layout,
-              max_train_steps, learning_rate, optimizer, lr_scheduler, reporter, templates, language)
+              max_train_steps, learning_rate, optimizer, lr_scheduler, reporter, templates, language,
+              precision=precision)
     log.info(summary(run, images.num_images, len(images.skipped)))
     return run
 
@@ -189,6 +199,8 @@ def summary(run: Run, num_images: int, num_skipped: int) -> str:
         ("optimizer steps", run.max_train_steps),
         ("learning rate", f"{run.learning_rate:g}" + (" (scaled)" if c.scale_lr else "")),
         ("image size (h x w)", f"{c.resolved_height} x {c.resolved_width}"),
+        ("latents", "cached (each image variant VAE-encoded once)" if c.cache_latents else "VAE-encoded every step"),
+        ("mixed precision", c.mixed_precision),
         ("placeholder tokens", f"{' '.join(c.placeholder_tokens())} -> ids {run.placeholder_ids}"),
         ("text encoder", f"{run.components.architecture} ({run.language} templates)"),
         ("seed", run.seed),
@@ -210,7 +222,7 @@ def micro_step_loss(run: Run, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
     if run.components.use_attention_mask:
         attention_mask = (input_ids != run.components.tokenizer.pad_token_id).astype("int64")
     encoder_hidden_states = run.text_encoder(input_ids, attention_mask=attention_mask)[0]  # (B, T, D)
-    model_pred = unet(noisy_latents, timesteps, encoder_hidden_states.astype(unet.dtype)).sample
+    model_pred = unet(noisy_latents.astype(unet.dtype), timesteps, encoder_hidden_states.astype(unet.dtype)).sample
     if scheduler.config.prediction_type == "epsilon":
         target = noise
     elif scheduler.config.prediction_type == "v_prediction":
@@ -237,14 +249,22 @@ def optimizer_step(run: Run, micro_batches) -> float:
         batch = next(micro_batches)
         with no_sync(run.text_encoder, skip_sync=i < k - 1):
             loss = micro_step_loss(run, batch) / k
-            loss.backward()
+            run.precision.backward(loss)
         total += float(loss)
+    total = mean_across_ranks(total, run.ctx)  # the global batch's loss, the same on every rank
     if not math.isfinite(total):
         raise TrainingError(
             f"the loss became {total} at step {run.lr_scheduler.last_epoch + 1}; the embedding of the previous step "
             "was kept. Lower --learning_rate or check the training images"
         )
-    run.optimizer.step()
+    last_good = run.rows.rows.detach().clone()  # (n, D)
+    run.precision.step(run.optimizer)
+    if not bool(paddle.isfinite(run.rows.rows).all()):  # a finite loss can still have an infinite gradient
+        run.rows.rows.set_value(last_good)
+        raise TrainingError(
+            f"the update of step {run.lr_scheduler.last_epoch + 1} made the embedding non-finite (infinite "
+            "gradient); the embedding of the previous step was kept. Lower --learning_rate or set --max_grad_norm"
+        )
     run.optimizer.clear_grad()
     run.lr_scheduler.step()
     return total
@@ -254,14 +274,13 @@ def learned_rows(run: Run) -> np.ndarray:
     return run.rows.rows.numpy().astype(np.float32)  # (num_vectors, dim)
 
 
-def train_loop(run: Run, start_step: int = 0) -> int:
-    """Optimizer steps start_step+1 .. max_train_steps; returns the last completed step."""
+def train_loop(run: Run, start_step: int = 0, stop: Optional[StopRequest] = None) -> int:
+    """Optimizer steps start_step+1 .. max_train_steps, or until `stop` is requested; returns the last completed
+    step."""
     c = run.config
-    out_dir = Path(c.output_dir)
     bar = progress_bar(run.max_train_steps, start_step, run.ctx.is_main)
     micro_batches = iter(batches(run, start_step))
     step = start_step
-    epoch = (step * c.gradient_accumulation_steps) // run.layout.micro_batches_per_epoch
     try:
         while step < run.max_train_steps:
             started = time.perf_counter()
@@ -275,46 +294,103 @@ def train_loop(run: Run, start_step: int = 0) -> int:
             run.reporter.scalar("train/step_seconds", time.perf_counter() - started, step)
             if run.ctx.is_main and step % c.save_steps == 0:
                 outputs.save_embeddings(c, learned_rows(run), step=step)
-            new_epoch = (step * c.gradient_accumulation_steps) // run.layout.micro_batches_per_epoch
-            if new_epoch > epoch:
-                epoch = new_epoch
-                if c.validation_prompt and epoch % c.validation_epochs == 0 and run.ctx.is_main:
-                    validate(run, step)
+            if run.ctx.is_main and c.checkpointing_steps and step % c.checkpointing_steps == 0:
+                save_checkpoint(run, step)
+            if run.ctx.is_main and validation_due_at(run, step):
+                validate(run, step)
+            if stop is not None and stop.agreed(run.ctx):
+                break
     finally:
         bar.close()
     return step
 
 
+def validation_due_at(run: Run, step: int) -> bool:
+    c = run.config
+    return bool(c.validation_prompts) and validation_due(
+        step, c.validation_steps, c.validation_epochs, c.gradient_accumulation_steps,
+        run.layout.micro_batches_per_epoch)
+
+
 def validate(run: Run, step: int) -> None:
     c = run.config
-    run_validation(run.components.pipeline, c.validation_prompt, c.num_validation_images, run.seed,
+    run_validation(run.components.pipeline, c.validation_prompts, c.num_validation_images, run.seed,
                    c.resolved_height, c.resolved_width, Path(c.output_dir) / "validation", step, run.reporter)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# checkpoints and stopping
+# ------------------------------------------------------------------------------------------------------------
+def run_facts(run: Run) -> checkpoint.RunFacts:
+    c = run.config
+    return checkpoint.RunFacts(
+        seed=run.seed, world_size=run.ctx.world_size, num_images=run.stream.num_images, language=run.language,
+        train_batch_size=c.train_batch_size, micro_batches_per_epoch=run.layout.micro_batches_per_epoch,
+        gradient_accumulation_steps=c.gradient_accumulation_steps)
+
+
+def save_checkpoint(run: Run, step: int) -> Path:
+    return checkpoint.save_checkpoint(run.config, step, run.rows.rows, run.optimizer, run.lr_scheduler,
+                                      run.precision.scaler, run_facts(run))
+
+
+def restore_checkpoint(run: Run, resume: checkpoint.ResumePoint) -> int:
+    """Rows, optimizer, LR schedule and generators of the checkpoint; returns the step to continue after."""
+    return checkpoint.restore(resume, run.rows.rows, run.optimizer, run.lr_scheduler, run.precision.scaler,
+                              run_facts(run), run.max_train_steps, run.ctx.is_main)
+
+
+def save_and_stop(run: Run, step: int, stop: StopRequest) -> NoReturn:
+    """After SIGINT/SIGTERM: the embedding (and, with --checkpointing_steps, a checkpoint) of the last completed
+    step, then TrainingInterrupted."""
+    c = run.config
+    final = Path(c.output_dir) / "learned_embeds.pdparams"
+    if run.ctx.is_main:
+        final = outputs.save_embeddings(c, learned_rows(run))
+        if c.checkpointing_steps and step % c.checkpointing_steps:  # (at a multiple it was just saved)
+            save_checkpoint(run, step)
+    run.reporter.close()
+    barrier(run.ctx)
+    hint = "; continue with --resume_from_checkpoint latest" if c.checkpointing_steps else ""
+    raise TrainingInterrupted(f"{stop.signal_name} at step {step}/{run.max_train_steps}: saved {final}{hint}",
+                              stop.signum)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # entry
 # ------------------------------------------------------------------------------------------------------------
+@report_failures_to_main_rank
 def train(config: TrainConfig, ctx: Optional[DistContext] = None) -> Path:
     """Run a whole training; returns the path of the final learned_embeds file."""
     ctx = ctx or init_distributed()
     setup_console(ctx.is_main)
+    resume = checkpoint.find_resume(config, ctx.world_size, ctx.is_main)  # refused before any model loads
+    config = resume.config if resume else config  # (with the checkpoint's seed unless --seed is given)
+    warn_missing_placeholder(config.validation_prompts, config.placeholder_token)
     run = setup(config, ctx)
+    start_step = restore_checkpoint(run, resume) if resume else 0
     if ctx.is_main:
         outputs.write_run_files(config, run.seed, run.language)
-    try:
-        step = train_loop(run)
-    except TrainingError:
-        if ctx.is_main:
-            outputs.save_embeddings(config, learned_rows(run))
-        raise
+    with stop_on_signals() as stop:
+        try:
+            step = train_loop(run, start_step, stop)
+        except TrainingError:
+            if ctx.is_main:
+                outputs.save_embeddings(config, learned_rows(run))
+            raise
+    if stop.requested:
+        save_and_stop(run, step, stop)
     final = Path(config.output_dir) / "learned_embeds.pdparams"
     if ctx.is_main:
         final = outputs.save_embeddings(config, learned_rows(run))
+        if config.validation_prompts and not validation_due_at(run, step):
+            validate(run, step)  # the final embedding (unless its step has just been validated)
         if config.saves_full_pipeline:
             outputs.save_pipeline(config, run.components, run.rows)
         if config.push_to_hub:
             outputs.push_to_hub(config)
         log.info("done: %d steps; embedding saved to %s", step, final)
     run.reporter.close()
+    dump_rank_rows_for_tests(ctx, learned_rows(run))
     barrier(ctx)
     return final

@@ -21,6 +21,22 @@ def tiny_model_en(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd-en", language="en")
 
 
+@pytest.fixture(scope="session")
+def tiny_model_zh(tmp_path_factory) -> Path:
+    """Taiyi's layout: BertModel + BertTokenizer (vocab.txt), prompts padded to 512."""
+    from ppti.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd-zh", language="zh")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_zh_en(tmp_path_factory) -> Path:
+    """AltDiffusion's layout: RobertaSeriesModelWithTransformation + XLMRobertaTokenizer (sentencepiece)."""
+    from ppti.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd-zh-en", language="zh_en")
+
+
 @pytest.fixture
 def demo_images() -> Path:
     return DEMO_IMAGES

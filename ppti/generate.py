@@ -1,0 +1,166 @@
+"""Rendering with trained embeddings (the library side of tools/generate.py).
+
+Embeddings in any format `ppti.embeddings` reads are loaded into a ppdiffusers pipeline with its own
+`load_textual_inversion`, so what renders here renders the same in any ppdiffusers script. Image i of a grid
+uses seed + i, exactly as the trainer's validation does: with the run's seed, the same prompt, size, steps and
+guidance, a saved step renders the images its validation grid showed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from PIL import Image, ImageDraw
+
+from .embeddings import Embedding, read_embeddings
+from .embeddings.convert import resolve_input
+
+log = logging.getLogger("ppti")
+
+STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.(pdparams|safetensors)$")
+
+
+class GenerateError(ValueError):
+    """A problem with the arguments of tools/generate.py the user must fix."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    prompt: str
+    negative_prompt: Optional[str]
+    num_images: int
+    seed: int
+    num_inference_steps: int
+    guidance_scale: float
+    height: Optional[int]  # None: the model's default size
+    width: Optional[int]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Embeddings
+# ------------------------------------------------------------------------------------------------------------
+def read_embedding_args(paths: Sequence[Path]) -> list[Embedding]:
+    """Every embedding of the --embeddings arguments (files, or training output_dirs for their final
+    learned_embeds file); the same token twice is refused."""
+    embeddings: list[Embedding] = []
+    source: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if path.is_dir() and not list(path.glob("learned_embeds.*")):
+            raise GenerateError(f"--embeddings {path}: a folder without learned_embeds.pdparams/.safetensors; give "
+                                "an embedding file or a training output_dir (for its saved steps: --steps_sweep)")
+        file = resolve_input(path)
+        for embedding in read_embeddings(file):
+            if embedding.part is not None:
+                raise GenerateError(f"{file}: an SDXL embedding pair ({embedding.part}); generate.py renders with "
+                                    "Stable Diffusion 1.x/2.x pipelines, which take single embeddings")
+            if embedding.token in source:
+                raise GenerateError(f"token {embedding.token!r} is in both {source[embedding.token]} and {file}; "
+                                    "rename one with: python tools/convert.py FILE --to paddle --token NEW")
+            source[embedding.token] = file
+            embeddings.append(embedding)
+    return embeddings
+
+
+def load_into(pipeline, embeddings: Sequence[Embedding]) -> None:
+    """Add the embeddings' tokens to the pipeline's tokenizer and text encoder (multi-vector embeddings become
+    `<tok>`, `<tok>_1`, ..., which the pipeline expands in prompts)."""
+    import paddle
+
+    if not embeddings:
+        return
+    width = pipeline.text_encoder.get_input_embeddings().weight.shape[-1]
+    for e in embeddings:
+        if e.vectors.shape[-1] != width:
+            raise GenerateError(f"embedding {e.token!r} has {e.vectors.shape[-1]} dimensions, this model's text "
+                                f"encoder {width}: it was trained for another model")
+    try:
+        pipeline.load_textual_inversion([{e.token: paddle.to_tensor(e.vectors)} for e in embeddings],
+                                        token=[e.token for e in embeddings])
+    except ValueError as exc:  # e.g. the token is already a word of the model's vocabulary
+        raise GenerateError(f"cannot load the embeddings into the pipeline: {str(exc).splitlines()[0]}") from None
+
+
+def replace_vectors(pipeline, embedding: Embedding) -> None:
+    """Overwrite the rows of an already loaded token (same token, same number of vectors)."""
+    import paddle
+
+    tokens = [embedding.token] + [f"{embedding.token}_{i}" for i in range(1, len(embedding.vectors))]
+    ids = pipeline.tokenizer.convert_tokens_to_ids(tokens)
+    weight = pipeline.text_encoder.get_input_embeddings().weight
+    with paddle.no_grad():
+        weight[paddle.to_tensor(ids)] = paddle.to_tensor(embedding.vectors, dtype=weight.dtype)
+
+
+def step_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, file) of every learned_embeds-steps-N in a training output_dir, by step (.pdparams preferred)."""
+    if not run_dir.is_dir():
+        raise GenerateError(f"--steps_sweep {run_dir}: no such directory (give a training --output_dir)")
+    by_step: dict[int, Path] = {}
+    for path in sorted(run_dir.iterdir(), key=lambda p: p.suffix != ".pdparams"):
+        match = STEP_FILE.match(path.name)
+        if match:
+            by_step.setdefault(int(match.group(1)), path)
+    if not by_step:
+        raise GenerateError(f"--steps_sweep {run_dir}: no learned_embeds-steps-N files (the trainer writes one "
+                            "every --save_steps)")
+    return sorted(by_step.items())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------------------
+def warn_unused_tokens(prompt: str, tokens: Sequence[str]) -> None:
+    for token in tokens:
+        if token not in prompt:
+            log.warning("the prompt does not contain %r: its embedding has no effect", token)
+
+
+def render_row(pipeline, settings: RenderSettings) -> list[Image.Image]:
+    from .validation import render  # (imports Paddle: only once the arguments are known to be good)
+
+    return render(pipeline, settings.prompt, settings.num_images, settings.seed, settings.height, settings.width,
+                  num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                  negative_prompt=settings.negative_prompt)
+
+
+def labelled(image: Image.Image, text: str) -> Image.Image:
+    """The image with `text` in its top-left corner (white on black, the PIL default font)."""
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((2, 2), text)
+    draw.rectangle((0, 0, right + 2, bottom + 2), fill="black")
+    draw.text((2, 2), text, fill="white")
+    return image
+
+
+def render_sweep(pipeline, settings: RenderSettings, steps: Sequence[tuple[int, Path]]) -> Image.Image:
+    """One row per saved step (labelled "step N"), one column per seed."""
+    from .validation import image_grid
+
+    rows = []
+    swept: Optional[str] = None
+    for step, path in steps:
+        (embedding,) = read_embeddings(path)
+        if swept is None:
+            load_into(pipeline, [embedding])
+            swept = embedding.token
+            warn_unused_tokens(settings.prompt, [swept])
+        elif embedding.token != swept:
+            raise GenerateError(f"{path}: holds {embedding.token!r}, the other steps {swept!r}")
+        else:
+            replace_vectors(pipeline, embedding)
+        log.info("step %d: %s", step, path.name)
+        images = render_row(pipeline, settings)
+        rows.append([labelled(images[0], f"step {step}")] + images[1:])
+    return image_grid(rows)
+
+
+def load_pipeline(model: str):
+    """The model's pipeline, every weight verified (ModelError names the problem)."""
+    from .models import load_components
+
+    return load_components(model).pipeline

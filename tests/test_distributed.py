@@ -1,0 +1,239 @@
+"""Multi-card data parallelism, run for real: `python -m paddle.distributed.launch --nproc_per_node 2` on CPU (gloo).
+
+What the launched tests prove:
+- two ranks x batch 1 give the same embedding update as one process x batch 2 (gradients averaged, data sharded,
+  also with gradient accumulation and gradient checkpointing), every rank ends with the same rows, and only one
+  set of output files is written (rank 0); rank 1 prints nothing but errors;
+- the gradient all-reduce carries only the `[num_vectors, dim]` placeholder rows, once per optimizer step: Paddle's
+  own reducer logs (GLOG_vmodule=reducer=3) what it groups and each fused all-reduce it starts, and
+  tests/dist_scripts/comm_probe.py records the reducer's parameters and the start-up broadcast from Python;
+- a rank that fails (data missing on that machine, or an exception mid-step) ends the run quickly and non-zero,
+  with its error on the launcher's console.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import ENTRY, REPO, train_args
+from ppti.config import parse_config
+from ppti.distributed import (
+    RANK_ROWS_DUMP_ENV, DistContext, dump_rank_rows_for_tests, init_distributed, mean_across_ranks, wrap_data_parallel,
+)
+from ppti.models import load_components
+from ppti.tokens import add_placeholder_tokens, initializer_ids, install_trainable_rows
+from ppti.train import learned_rows, setup, train, train_loop
+
+SCRIPTS = Path(__file__).parent / "dist_scripts"
+LAUNCH_TIMEOUT = 240  # seconds: a rank hanging in a collective fails the test instead of hanging the suite
+FAILURE_BOUND = 120  # seconds in which a run with a failing rank must have ended
+RELATIVE_TOLERANCE = 1e-5
+# Adam divides the gradient by its own magnitude (m / sqrt(v) is scale-free), so an update computed from a
+# gradient twice too large -- summed over ranks instead of averaged -- would look right. An epsilon far above the
+# gradients (~1e-2 on the tiny model) makes the update proportional to the gradient, so such a bug shows.
+SCALE_SENSITIVE_ADAM = {"learning_rate": 1.0, "adam_epsilon": 1.0}
+
+
+def launch(script: Path, args: list, log_dir: Path, env: dict | None = None) -> tuple[int, str, float]:
+    """`python -m paddle.distributed.launch --nproc_per_node 2 script args` on CPU: (exit code, console, seconds)."""
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(log_dir),
+               str(script), *map(str, args)]
+    # On a CPU build the launcher starts gloo ranks by itself. (Paddle 3.3.1's launcher fails with an IndexError
+    # when CUDA_VISIBLE_DEVICES is set to the empty string, so it is not used to force the CPU.)
+    env = {**os.environ, **(env or {})}
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env,
+                            start_new_session=True)  # its own process group: the workers can be killed with it
+    try:
+        console, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        console, _ = proc.communicate()
+        pytest.fail(f"the launcher did not end within {LAUNCH_TIMEOUT} s:\n{console[-3000:]}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # a worker the launcher left behind
+        except ProcessLookupError:
+            pass
+    return proc.returncode, console, time.monotonic() - started
+
+
+def saved_rows(out_dir: Path) -> np.ndarray:
+    (rows,) = paddle.load(str(out_dir / "learned_embeds.pdparams")).values()
+    return np.asarray(rows)
+
+
+def initial_rows(model: Path, config) -> np.ndarray:
+    """The rows before any step, built the way setup builds them."""
+    components = load_components(str(model))
+    ids = add_placeholder_tokens(components.tokenizer, config.placeholder_tokens())
+    init_ids, _ = initializer_ids(components.tokenizer, config.initializer_token)
+    return install_trainable_rows(components.text_encoder, len(components.tokenizer), ids, init_ids).rows.numpy()
+
+
+def assert_same_update(rows: np.ndarray, expected: np.ndarray, initial: np.ndarray) -> None:
+    update, expected_update = rows - initial, expected - initial
+    assert np.abs(expected_update).max() > 1e-3, "the test needs an update well above float32 rounding"
+    error = np.abs(update - expected_update).max() / np.abs(expected_update).max()
+    assert error <= RELATIVE_TOLERANCE, f"updates differ by {error:.2e} (relative)"
+
+
+def files_under(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# launched
+# ------------------------------------------------------------------------------------------------------------
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(tiny_model_en, demo_images, tmp_path):
+    """2 ranks x batch 1 x accumulation 2 (+ gradient checkpointing) == 1 process x batch 2 x accumulation 2."""
+    steps = 2
+    common = dict(num_vectors=2, max_train_steps=steps, gradient_accumulation_steps=2, scale_lr=True,
+                  **SCALE_SENSITIVE_ADAM)  # --scale_lr: x 4 = accumulation 2 x batch 1 x 2 cards = 2 x batch 2
+    two, dumps, logs = tmp_path / "two-ranks", tmp_path / "rank-rows", tmp_path / "launch-log"
+    code, console, _ = launch(
+        ENTRY, train_args(tiny_model_en, demo_images, two, train_batch_size=1, gradient_checkpointing=True, **common),
+        logs, env={RANK_ROWS_DUMP_ENV: str(dumps), "GLOG_vmodule": "reducer=3"},
+    )
+    assert code == 0, console[-3000:]
+    one_config = parse_config(train_args(tiny_model_en, demo_images, tmp_path / "one", train_batch_size=2, **common))
+    train(one_config, DistContext())
+
+    # every rank holds the same rows, which are the saved ones, and they moved as one process moves them
+    rank0, rank1 = np.load(dumps / "rank-0-rows.npy"), np.load(dumps / "rank-1-rows.npy")
+    assert np.array_equal(rank0, rank1)
+    assert np.array_equal(rank0, saved_rows(two))
+    assert_same_update(rank0, saved_rows(tmp_path / "one"), initial_rows(tiny_model_en, one_config))
+
+    # one set of output files, the same set a single process writes
+    assert files_under(two) == files_under(tmp_path / "one")
+
+    # Paddle's reducer: one group holding one tensor of num_vectors x dim values, all-reduced once per optimizer
+    # step (not on the accumulation micro-steps)
+    for rank in (0, 1):
+        reducer_log = (logs / f"workerlog.{rank}").read_text(errors="replace")
+        assert re.findall(r"The Group\[\d+\]:numel: (\d+) ;var number: (\d+)", reducer_log) == [(str(rank0.size), "1")]
+        assert reducer_log.count("start fused_allreduce") == steps
+
+    # rank 0 alone logs, shows progress and the summary (world size, global batch); rank 1 stays quiet
+    assert re.search(r"cards \(world size\)\s+= 2\n", console) and re.search(r"global batch\s+= 4\n", console)
+    assert re.search(r"learning rate\s+= 4 \(scaled\)\n", console)
+    assert "Train steps" in console
+    rank1_log = (logs / "workerlog.1").read_text(errors="replace")
+    for chatter in ("Running training", "Train steps", "Loading pipeline components", " INFO "):
+        assert chatter not in rank1_log
+
+
+def test_only_the_placeholder_rows_are_communicated(tiny_model_en, demo_images, tmp_path):
+    """The reducer holds just the rows; the start-up broadcast sends just the rows (and buffers), never the frozen
+    vocabulary x width matrix or the rest of the text encoder."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    code, console, _ = launch(SCRIPTS / "comm_probe.py",
+                              [probe, *train_args(tiny_model_en, demo_images, tmp_path / "out", num_vectors=2)],
+                              tmp_path / "launch-log")
+    assert code == 0, console[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((probe / f"rank-{rank}.json").read_text())
+        assert seen["wrapped"]
+        assert seen["reducer_param_shapes"] == [seen["rows_shape"]] == [[2, 32]]
+        vocab, dim = seen["embedding_matrix_shape"]
+        assert sorted(seen["broadcast_numels"]) == sorted([2 * dim] + seen["persistable_buffer_numels"])
+        assert sum(seen["broadcast_numels"]) < vocab * dim  # (untagged, every text-encoder weight would be sent)
+
+
+@pytest.mark.parametrize("when, error", [
+    ("data", "no such directory"),  # rank 1 stops in setup; rank 0 loads the model, then waits for it
+    ("step", "RuntimeError: injected failure"),  # rank 1 raises mid-run; rank 0 waits in the all-reduce
+])
+def test_a_failing_rank_ends_the_run_with_its_error_on_the_console(tiny_model_en, demo_images, tmp_path, when, error):
+    out = tmp_path / "out"
+    code, console, seconds = launch(
+        SCRIPTS / "fail_on_rank.py",
+        [1, when, *train_args(tiny_model_en, demo_images, out, train_batch_size=1, max_train_steps=6)],
+        tmp_path / "launch-log",
+    )
+    assert code != 0
+    assert seconds < FAILURE_BOUND
+    relayed = re.search(r"rank 1 failed: (.*)", console)
+    assert relayed and error in relayed.group(1), console[-3000:]
+    assert not (out / "learned_embeds.pdparams").exists()
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_after_the_same_step(tiny_model_en, demo_images, tmp_path):
+    """The loss is averaged over the ranks before it is checked, so every rank sees the NaN of one and stops
+    before updating; rank 0 keeps the embedding of the last good step."""
+    out, logs = tmp_path / "out", tmp_path / "launch-log"
+    code, console, seconds = launch(
+        SCRIPTS / "fail_on_rank.py",
+        [1, "nan", *train_args(tiny_model_en, demo_images, out, train_batch_size=1, max_train_steps=6)], logs,
+    )
+    assert code != 0 and seconds < FAILURE_BOUND
+    for rank in (0, 1):  # each rank stopped by itself, on the loss check (not killed, not on a later check)
+        assert "error: the loss became nan at step 3" in (logs / f"workerlog.{rank}").read_text(errors="replace")
+    kept = saved_rows(out)
+    assert np.isfinite(kept).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one process
+# ------------------------------------------------------------------------------------------------------------
+def _train_in_process(model: Path, data: Path, out: Path, **flags) -> tuple[np.ndarray, np.ndarray]:
+    """(rows before, rows after) of a run in this process."""
+    run = setup(parse_config(train_args(model, data, out, num_vectors=2, max_train_steps=2, **SCALE_SENSITIVE_ADAM,
+                                        **flags)), DistContext(), load_components(str(model)))
+    before = learned_rows(run)
+    train_loop(run)
+    return before, learned_rows(run)
+
+
+def test_accumulating_two_micro_batches_equals_one_batch_of_two(tiny_model_en, demo_images, tmp_path):
+    initial, accumulated = _train_in_process(tiny_model_en, demo_images, tmp_path / "a", train_batch_size=1,
+                                             gradient_accumulation_steps=2)
+    _, batched = _train_in_process(tiny_model_en, demo_images, tmp_path / "b", train_batch_size=2)
+    assert_same_update(accumulated, batched, initial)
+
+
+def test_gradient_checkpointing_recomputes_the_unet_and_keeps_the_update(tiny_model_en, demo_images, tmp_path,
+                                                                         monkeypatch):
+    import ppdiffusers.models.transformer_2d as transformer_2d
+    import ppdiffusers.models.unet_2d_blocks as unet_2d_blocks
+
+    calls = []
+    for module in (unet_2d_blocks, transformer_2d):
+        real = module.recompute
+        monkeypatch.setattr(module, "recompute", lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    initial, plain = _train_in_process(tiny_model_en, demo_images, tmp_path / "a")
+    assert not calls
+    _, checkpointed = _train_in_process(tiny_model_en, demo_images, tmp_path / "b", gradient_checkpointing=True)
+    assert calls, "--gradient_checkpointing did not recompute anything"
+    assert_same_update(checkpointed, plain, initial)
+
+
+def test_a_single_process_is_rank_0_of_1_and_wraps_nothing():
+    ctx = init_distributed()
+    assert ctx == DistContext(rank=0, world_size=1) and ctx.is_main and not ctx.enabled
+    layer = paddle.nn.Linear(2, 2)
+    assert wrap_data_parallel(layer, ctx) is layer
+    assert mean_across_ranks(1.5, ctx) == 1.5
+
+
+def test_rank_rows_are_dumped_only_when_a_test_asks(tmp_path, monkeypatch):
+    rows = np.arange(6, dtype=np.float32).reshape(2, 3)
+    monkeypatch.delenv(RANK_ROWS_DUMP_ENV, raising=False)
+    dump_rank_rows_for_tests(DistContext(rank=1, world_size=2), rows)
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv(RANK_ROWS_DUMP_ENV, str(tmp_path))
+    dump_rank_rows_for_tests(DistContext(rank=1, world_size=2), rows)
+    assert np.array_equal(np.load(tmp_path / "rank-1-rows.npy"), rows)

@@ -1,0 +1,125 @@
+"""Render a prompt with trained textual-inversion embeddings into a grid PNG (one column per seed).
+
+    python tools/generate.py --model tiny-sd --embeddings outputs/demo --prompt "a photo of a <demo-toy>" -o out.png
+    python tools/generate.py --model tiny-sd --steps_sweep outputs/demo --prompt "a photo of a <demo-toy>" -o sweep.png
+    python tools/generate.py --model MODEL --embeddings a.safetensors b.pt --prompt "<a> in the style of <b>" -o x.png
+
+--embeddings takes files in any format tools/convert.py reads (.pdparams, diffusers .safetensors/.bin, WebUI .pt/.png,
+kohya emb_params) or a training output_dir (its learned_embeds file). --steps_sweep renders one row per
+learned_embeds-steps-N of a run, labelled with its step, so the best step can be picked by eye. Image i uses
+seed + i: with the run's seed, size and 25 steps it renders what the run's validation grid showed.
+"""
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+# Runnable as `python tools/generate.py` from a checkout: put the repo root (holding `ppti/`) first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ppti.config import _looks_like_hub_id as looks_like_hub_id  # noqa: E402 (no Paddle import)
+
+PROG = "generate.py"
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        """One line on stderr and exit code 2, like every other refusal of this tool."""
+        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--model", required=True, help="Stable Diffusion model folder (or Hub id) to render with.")
+    parser.add_argument("--embeddings", nargs="+", type=Path, default=[], metavar="FILE_OR_DIR",
+                        help="Embedding files or training output_dirs to load (several: all are loaded).")
+    parser.add_argument("--steps_sweep", type=Path, metavar="DIR",
+                        help="A training output_dir: one grid row per learned_embeds-steps-N file in it.")
+    parser.add_argument("--prompt", required=True, help="The prompt, with the placeholder token(s).")
+    parser.add_argument("--negative_prompt", default=None, help="What the images should not show.")
+    parser.add_argument("--num_images", type=int, default=4, help="Images per row, seeds seed .. seed+n-1.")
+    parser.add_argument("--steps", type=int, default=50, help="Denoising steps (num_inference_steps).")
+    parser.add_argument("--guidance_scale", type=float, default=7.5, help="Classifier-free guidance scale.")
+    parser.add_argument("--seed", type=int, default=None, help="Seed of the first image (default: random, printed).")
+    parser.add_argument("--height", type=int, default=None, help="Image height (multiple of 8; default: the model's).")
+    parser.add_argument("--width", type=int, default=None, help="Image width (multiple of 8; default: the model's).")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png", help="The grid PNG to write.")
+    args = parser.parse_args(argv)
+    problems = []
+    if not args.embeddings and args.steps_sweep is None:
+        problems.append("give --embeddings FILE_OR_DIR and/or --steps_sweep DIR")
+    for name in ("num_images", "steps"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and (value < 8 or value % 8):
+            problems.append(f"--{name} {value} is not a positive multiple of 8 (the VAE downsamples by 8)")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        problems.append(f"--seed must be in [0, 2**32) (got {args.seed})")
+    if not Path(args.model).exists() and not looks_like_hub_id(args.model):
+        problems.append(f"--model {args.model}: no such directory")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+def run(args: argparse.Namespace) -> tuple[Path, int]:
+    """Render and write the grid; returns (PNG path, seed of the first image)."""
+    from ppti.atomic import atomic_path
+    from ppti.generate import (
+        RenderSettings, load_into, load_pipeline, read_embedding_args, render_row, render_sweep, step_files,
+        warn_unused_tokens,
+    )
+    from ppti.reporting import setup_console
+
+    embeddings = read_embedding_args(args.embeddings)  # every file is checked before Paddle and the model load
+    steps = step_files(args.steps_sweep) if args.steps_sweep is not None else None
+    setup_console(is_main=True)  # (imports ppdiffusers: slow)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    settings = RenderSettings(args.prompt, args.negative_prompt, args.num_images, seed, args.steps,
+                              args.guidance_scale, args.height, args.width)
+    pipeline = load_pipeline(args.model)
+    load_into(pipeline, embeddings)
+    warn_unused_tokens(args.prompt, [e.token for e in embeddings])
+    if steps:
+        grid = render_sweep(pipeline, settings, steps)
+    else:
+        from ppti.validation import image_grid
+
+        grid = image_grid([render_row(pipeline, settings)])
+    with atomic_path(args.output) as tmp:
+        grid.save(tmp, format="PNG")
+    return args.output, seed
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import warnings
+
+    # Import-time noise from Paddle's build tooling, irrelevant here.
+    warnings.filterwarnings("ignore", message="No ccache found")
+    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+    from ppti.embeddings import EmbeddingFormatError
+    from ppti.generate import GenerateError
+    from ppti.models import ModelError
+
+    try:
+        out, seed = run(args)
+    except ModelError as exc:  # the trainer's loader names its own flag
+        print(f"{PROG}: error: {str(exc).replace('--pretrained_model_name_or_path', '--model')}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (EmbeddingFormatError, GenerateError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {out}: images use seeds {seed}..{seed + args.num_images - 1} (--seed {seed} reproduces them)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
