@@ -87,7 +87,10 @@ class ConceptImages:
 
 def find_image_files(data_dir: Path) -> tuple[list[Path], list[Path]]:
     """(candidate image files, other files) directly inside data_dir, sorted; hidden files are ignored."""
-    files = sorted(p for p in data_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    try:
+        files = sorted(p for p in data_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"--train_data_dir {data_dir}: cannot list the folder ({exc.strerror}); check its permissions") from None
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in files if p not in images]
 
