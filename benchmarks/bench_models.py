@@ -19,7 +19,6 @@ example's optimizer state and its row restore have their real sizes.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -157,6 +156,3 @@ def build_components(model_dir: Path, seed: int = 0):
     return Components(pipeline=pipeline, noise_scheduler=DDPMScheduler.from_config(scheduler.config), family="clip",
                       architecture="CLIPTextModel", use_attention_mask=False)
 
-
-def clean(out_dir: Path) -> None:
-    shutil.rmtree(out_dir, ignore_errors=True)

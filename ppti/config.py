@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -365,12 +364,6 @@ def to_yaml(config: TrainConfig, extra: Optional[dict[str, Any]] = None) -> str:
     if extra:
         text += "".join(f"# {k}: {v}\n" for k, v in extra.items())
     return text
-
-
-def die(message: str, code: int = 2) -> "typing.NoReturn":
-    """Print a one-line (or short) actionable error and exit without a traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)
 
 
 def _looks_like_hub_id(name: str) -> bool:

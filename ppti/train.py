@@ -34,7 +34,7 @@ from .tokens import (
     PlaceholderEmbedding, add_placeholder_tokens, initializer_ids, install_trainable_rows,
 )
 from .signals import StopRequest, TrainingInterrupted, stop_on_signals
-from .validation import run_validation, validation_due, warn_missing_placeholder
+from .validation import VALIDATION_DIR, run_validation, validation_due, warn_missing_placeholder
 
 log = logging.getLogger("ppti")
 
@@ -315,7 +315,7 @@ def validation_due_at(run: Run, step: int) -> bool:
 def validate(run: Run, step: int) -> None:
     c = run.config
     run_validation(run.components.pipeline, c.validation_prompts, c.num_validation_images, run.seed,
-                   c.resolved_height, c.resolved_width, Path(c.output_dir) / "validation", step, run.reporter)
+                   c.resolved_height, c.resolved_width, Path(c.output_dir) / VALIDATION_DIR, step, run.reporter)
 
 
 # ------------------------------------------------------------------------------------------------------------
