@@ -9,7 +9,8 @@ Because every example is a pure function of (seed, micro-step) (see data.py), th
                                    which depend on how many layers the process created before)
         trainer_state.json         global step, epoch and position in the epoch, seed, LR-scheduler and loss-scaler
                                    state, and the facts a resumed run must share
-        rng_state.json             the global Python / numpy / Paddle generator states
+        rng_state.json             the global Python / numpy / Paddle generator states (Paddle: the CPU's and
+                                   the current device's, which restores on any device count, see rng_states)
         train_config.yaml          the resolved configuration (readable with --config)
         checkpoint_complete.json   written last: step, size and sha256 of every file above
 
@@ -181,7 +182,12 @@ def optimizer_arrays(optimizer, param) -> dict[str, np.ndarray]:
 
 def rng_states() -> dict[str, Any]:
     """The global Python, numpy and Paddle generator states, as JSON. Training examples do not use them (they
-    come from the example stream), but anything else that draws random numbers continues exactly after resume."""
+    come from the example stream), but anything else that draws random numbers continues exactly after resume.
+
+    Paddle: the CPU generator, and on a GPU only the generator of this process's device. `paddle.get_rng_state()`
+    returns one state per visible GPU -- under the launcher every rank sees every GPU of the node -- and
+    `set_rng_state` refuses a list of another length, so the whole list would not restore on a machine with another
+    number of GPUs; the one stream this process draws from does."""
     import paddle
 
     version, mt, gauss = random.getstate()
@@ -192,9 +198,17 @@ def rng_states() -> dict[str, Any]:
         "paddle_device": paddle.get_device(),
         "paddle": {"cpu": [_generator_state(s) for s in paddle.get_rng_state("cpu")]},
     }
-    if paddle.get_device() != "cpu":
-        states["paddle"]["device"] = [_generator_state(s) for s in paddle.get_rng_state()]
+    index = _device_index(paddle.get_device())
+    if index is not None:
+        states["paddle"]["device"] = _generator_state(paddle.get_rng_state()[index])
     return states
+
+
+def _device_index(device: str) -> Optional[int]:
+    """The generator index of a Paddle device string ("gpu:3" -> 3); None for the CPU."""
+    if device == "cpu":
+        return None
+    return int(device.partition(":")[2] or 0)
 
 
 def _generator_state(state) -> list:
@@ -202,10 +216,10 @@ def _generator_state(state) -> list:
     return [device, seed, offset, bytes(mt).decode("latin-1")]
 
 
-def save_checkpoint(config: TrainConfig, step: int, rows_param, optimizer, lr_scheduler, grad_scaler,
+def save_checkpoint(config: TrainConfig, step: int, rows_param, optimizer, lr_scheduler, loss_scaler,
                     facts: RunFacts) -> Path:
     """Write output_dir/checkpoints/checkpoint-{step}/ atomically, then keep the newest --checkpoints_total_limit.
-    `grad_scaler` is the fp16 loss scaler (its state is empty when loss scaling is off)."""
+    `loss_scaler` is the precision.LossScaler (scale, clean steps, skipped steps)."""
     from .embeddings import write_embeddings
     from safetensors.numpy import save_file
 
@@ -226,8 +240,7 @@ def save_checkpoint(config: TrainConfig, step: int, rows_param, optimizer, lr_sc
             "model_path_resolved": _resolved_model(config.pretrained_model_name_or_path),
             "learning_rate": float(lr_scheduler.last_lr),
             "lr_scheduler": lr_scheduler.state_dict(),
-            "grad_scaler": {k: v.tolist() if isinstance(v, np.ndarray) else v
-                            for k, v in grad_scaler.state_dict().items()},
+            "loss_scaler": loss_scaler.state_dict(),
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
         (tmp / RNG_FILE).write_text(json.dumps(rng_states()), encoding="utf-8")
@@ -373,7 +386,7 @@ def find_resume(config: TrainConfig, world_size: int, is_main: bool) -> Optional
     return ResumePoint(path=path, step=marker["step"], config=config, state=state)
 
 
-def restore(resume: ResumePoint, rows_param, optimizer, lr_scheduler, grad_scaler, facts: RunFacts,
+def restore(resume: ResumePoint, rows_param, optimizer, lr_scheduler, loss_scaler, facts: RunFacts,
             max_train_steps: int, is_main: bool) -> int:
     """Load the checkpoint into the set-up run; returns the step to continue after."""
     import paddle
@@ -397,8 +410,7 @@ def restore(resume: ResumePoint, rows_param, optimizer, lr_scheduler, grad_scale
     rows_param.set_value(paddle.to_tensor(embedding.vectors, dtype=rows_param.dtype))
     load_optimizer_arrays(optimizer, rows_param, load_file(str(resume.path / OPTIMIZER_FILE)))
     lr_scheduler.set_state_dict(state["lr_scheduler"])
-    if state["grad_scaler"]:  # empty when the checkpoint's run did not scale the loss
-        grad_scaler.load_state_dict(state["grad_scaler"])
+    loss_scaler.load_state_dict(state.get("loss_scaler", {}))  # (absent in older checkpoints: default scale)
     if is_main:  # only rank 0's generators were saved; the other ranks keep their seed + rank
         set_rng_states(json.loads((resume.path / RNG_FILE).read_text(encoding="utf-8")))
     return resume.step
@@ -428,12 +440,26 @@ def set_rng_states(states: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     paddle.set_rng_state([_generator(s) for s in states["paddle"]["cpu"]], "cpu")
-    if "device" in states["paddle"]:
-        if paddle.get_device() == states["paddle_device"]:
-            paddle.set_rng_state([_generator(s) for s in states["paddle"]["device"]])
-        else:
-            log.info("the checkpoint was written on %s, this run is on %s: its device generator state is not "
-                     "restored", states["paddle_device"], paddle.get_device())
+    saved_device, here = states["paddle_device"], paddle.get_device()
+    saved = states["paddle"].get("device")
+    if isinstance(saved, list):  # older checkpoints held every visible GPU's state
+        index = _device_index(saved_device)
+        saved = saved[index] if index is not None and index < len(saved) else None
+    index = _device_index(here)
+    if index is None:
+        if saved is not None:
+            log.info("the checkpoint was written on %s, this run is on the CPU: the CPU generator continues (the "
+                     "GPU's stream has no CPU counterpart)", saved_device)
+        return
+    if saved is None:
+        log.info("the checkpoint was written on the CPU, this run is on %s: its generator starts from the run's "
+                 "seed (the CPU's stream has no GPU counterpart)", here)
+        return
+    generators = paddle.get_rng_state()  # one per visible device, however many this machine has
+    generators[index] = _generator([index, *saved[1:]])
+    paddle.set_rng_state(generators)
+    if saved_device != here:
+        log.info("the checkpoint was written on %s: its generator state continues on %s", saved_device, here)
 
 
 def _generator(saved: list):

@@ -105,6 +105,11 @@ class TrainConfig:
         "no", "Run the frozen UNet and VAE in fp16 (with loss scaling) or bf16; the trained rows and optimizer "
         "state stay float32. Needs a device whose Paddle build has half-precision kernels (a GPU; bf16: Ampere+).",
     )
+    deterministic: bool = _f(
+        False, "Set the Paddle flags that make GPU kernels deterministic (FLAGS_cudnn_deterministic, "
+        "FLAGS_embedding_deterministic), so a GPU run and its resumed continuation repeat bit for bit; slower. CPU "
+        "runs are deterministic without it.",
+    )
     # --- outputs ---------------------------------------------------------------------------------------
     output_dir: str = _f("text-inversion-model", "Where embeddings, logs and the pipeline are written.")
     save_steps: int = _f(500, "Save learned_embeds-steps-N.pdparams every X optimizer steps.")

@@ -29,18 +29,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from .atomic import atomic_path
 from .signals import TrainingInterrupted
 
 log = logging.getLogger("ppti")
-
-# Test-only: a directory where every rank writes its own copy of the trained rows (rank-R-rows.npy) at the end
-# of training, so a test can prove that all ranks hold the same embedding.
-RANK_ROWS_DUMP_ENV = "PPTI_TEST_DUMP_RANK_ROWS"
 
 # Keys in the launcher's key-value store (hosted by rank 0) used to hand an error over to rank 0.
 _FAILURE_COUNT_KEY = "ppti/failures"
@@ -105,14 +99,23 @@ def no_sync(model, skip_sync: bool):
     return contextlib.nullcontext()
 
 
-def mean_across_ranks(value: float, ctx: DistContext) -> float:
-    """The mean of a per-rank number over all ranks (the loss of the global batch). Every rank gets the same
-    value, so decisions taken on it (stop on a non-finite loss) are taken by all ranks together."""
-    if not ctx.enabled:
-        return value
-    total = paddle.to_tensor([value], dtype="float32")
-    dist.all_reduce(total)
-    return float(total.item()) / ctx.world_size
+def agree_on_step(loss_sum: paddle.Tensor, overflow: paddle.Tensor, signum: int, ctx: DistContext
+                  ) -> tuple[float, bool, int]:
+    """What every rank needs to know after an optimizer step's backward, in one collective and one host read:
+    (the global batch's mean loss, whether any rank's gradient overflowed, the stop signal any rank received, 0
+    for none). Every rank gets the same values, so the decisions taken on them (skip the step, stop on a
+    non-finite loss or a signal) are taken by all ranks together.
+
+    `loss_sum` and `overflow` are float32 scalars still on the device (no sync before this point)."""
+    mine = paddle.stack([loss_sum.astype("float32").reshape([]), overflow.astype("float32").reshape([]),
+                         paddle.to_tensor(float(signum), dtype="float32")])  # (3,)
+    if ctx.enabled:
+        gathered: list = []
+        dist.all_gather(gathered, mine)
+        every = paddle.stack(gathered).numpy()  # (world, 3)
+    else:
+        every = mine.numpy()[None]
+    return float(every[:, 0].mean()), bool(every[:, 1].max() > 0), int(every[:, 2].max())
 
 
 def barrier(ctx: DistContext) -> None:
@@ -201,14 +204,3 @@ def report_failures_to_main_rank(func):
             raise
 
     return wrapper
-
-
-# ------------------------------------------------------------------------------------------------------------
-# test support
-# ------------------------------------------------------------------------------------------------------------
-def dump_rank_rows_for_tests(ctx: DistContext, rows: np.ndarray) -> None:
-    """Test-only (see RANK_ROWS_DUMP_ENV): every rank writes its own copy of the trained rows."""
-    directory = os.environ.get(RANK_ROWS_DUMP_ENV)
-    if directory:
-        with atomic_path(Path(directory) / f"rank-{ctx.rank}-rows.npy") as tmp:
-            np.save(tmp, rows)

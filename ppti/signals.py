@@ -48,18 +48,13 @@ class StopRequest:
     def request(self, signum: int) -> None:
         self.signum = signum
 
-    def agreed(self, ctx) -> bool:
-        """Whether every rank stops now. With several cards the launcher may signal the ranks at slightly different
-        moments; they must stop after the same step, or the ones still training wait forever in the all-reduce."""
-        if not ctx.enabled:
-            return self.requested
-        import paddle
-        import paddle.distributed as dist
-
-        flag = paddle.to_tensor([self.signum or 0], dtype="int32")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if self.signum is None and int(flag.item()):
-            self.signum = int(flag.item())
+    def agree(self, signum_of_any_rank: int) -> bool:
+        """Adopt the signal another rank received (see distributed.agree_on_step, which carries it with the loss);
+        returns whether every rank stops now. With several cards the launcher may signal the ranks at slightly
+        different moments; they must stop after the same step, or the ones still training wait forever in the
+        all-reduce."""
+        if self.signum is None and signum_of_any_rank:
+            self.signum = signum_of_any_rank
         return self.requested
 
 

@@ -21,13 +21,13 @@ import paddle.nn.functional as F
 from . import checkpoint, outputs
 from .config import DEFAULT_MAX_TRAIN_STEPS, ConfigError, TrainConfig, check_paths
 from .data import ExampleStream, RankBatches, StreamLayout, load_concept_images
+from .determinism import make_deterministic
 from .distributed import (
-    DistContext, barrier, dump_rank_rows_for_tests, init_distributed, mean_across_ranks, no_sync,
-    report_failures_to_main_rank, wrap_data_parallel,
+    DistContext, agree_on_step, barrier, init_distributed, no_sync, report_failures_to_main_rank, wrap_data_parallel,
 )
 from .latents import latent_shape, latent_source, release_vae, vae_needed_after_setup
 from .models import Components, load_components
-from .precision import Precision, prepare_frozen_models, resolve_precision
+from .precision import Precision, cast_vae_for_decoding, prepare_frozen_models, resolve_precision
 from .prompts import build_prompts
 from .reporting import NullReporter, Reporter, format_summary, progress_bar, setup_console
 from .tokens import (
@@ -63,6 +63,18 @@ class Run:
     templates: list[str]
     language: str
     precision: Precision  # compute dtype of the frozen UNet/VAE; loss scaling for fp16
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run leaves: the final embedding file and, on every rank, the rows it holds."""
+
+    final: Path
+    rows: np.ndarray  # (num_vectors, dim) float32
+    steps: int
+    skipped_steps: int  # fp16 steps skipped on an inf/NaN gradient
+    loss_scale: Optional[float]  # the fp16 loss scale at the end (None: no loss scaling)
+    loop_seconds: float  # wall time of the optimizer steps (no setup, no final save)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -128,6 +140,8 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
         config.train_data_dir, config.resolved_height, config.resolved_width, config.center_crop
     )
     precision = resolve_precision(config.mixed_precision)  # refuses a dtype this device cannot compute in
+    if config.deterministic:
+        make_deterministic()
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     paddle.seed(seed + ctx.rank)
 
@@ -158,6 +172,8 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     )
     if not vae_needed_after_setup(config):
         release_vae(components.pipeline)
+    else:
+        cast_vae_for_decoding(components.vae, precision, encodes_every_step=not config.cache_latents)
     layout = StreamLayout(images.num_images * config.repeats, config.train_batch_size, ctx.world_size)
     if layout.micro_batches_per_epoch < 1:
         raise ConfigError(
@@ -241,33 +257,30 @@ def batches(run: Run, start_step: int):
     )
 
 
-def optimizer_step(run: Run, micro_batches) -> float:
-    """Accumulate gradients over k micro-batches (all-reduce only on the last), then update; returns the mean loss."""
+def optimizer_step(run: Run, micro_batches, stop: Optional[StopRequest] = None) -> float:
+    """Accumulate gradients over k micro-batches (all-reduce only on the last), then update -- or skip the update
+    when the fp16-scaled gradient overflowed; returns the mean loss. The loss stays on the device until the one
+    collective of the step (loss, overflow and stop signal together) and its one host read."""
     k = run.config.gradient_accumulation_steps
-    total = 0.0
+    step = run.lr_scheduler.last_epoch + run.precision.scaler.skipped_steps + 1  # (updates applied + skipped + 1)
+    loss_sum = paddle.zeros([], dtype="float32")
     for i in range(k):
         batch = next(micro_batches)
         with no_sync(run.text_encoder, skip_sync=i < k - 1):
             loss = micro_step_loss(run, batch) / k
             run.precision.backward(loss)
-        total += float(loss)
-    total = mean_across_ranks(total, run.ctx)  # the global batch's loss, the same on every rank
-    if not math.isfinite(total):
-        raise TrainingError(
-            f"the loss became {total} at step {run.lr_scheduler.last_epoch + 1}; the embedding of the previous step "
-            "was kept. Lower --learning_rate or check the training images"
-        )
-    last_good = run.rows.rows.detach().clone()  # (n, D)
-    run.precision.step(run.optimizer)
-    if not bool(paddle.isfinite(run.rows.rows).all()):  # a finite loss can still have an infinite gradient
-        run.rows.rows.set_value(last_good)
-        raise TrainingError(
-            f"the update of step {run.lr_scheduler.last_epoch + 1} made the embedding non-finite (infinite "
-            "gradient); the embedding of the previous step was kept. Lower --learning_rate or set --max_grad_norm"
-        )
-    run.optimizer.clear_grad()
-    run.lr_scheduler.step()
-    return total
+        loss_sum += loss.detach()
+    overflow = run.precision.unscale(run.rows.rows)  # (after the all-reduce: the same on every rank)
+    loss, overflowed, signum = agree_on_step(loss_sum, overflow, stop.signum or 0 if stop else 0, run.ctx)
+    if stop is not None:
+        stop.agree(signum)
+    problem = run.precision.problem(step, loss, overflowed)
+    if problem:
+        raise TrainingError(problem)
+    if not run.precision.step(run.optimizer, run.lr_scheduler, overflowed):
+        log.warning("step %d skipped: inf/NaN gradient at the fp16 loss scale; lowered to %g", step,
+                    run.precision.scaler.scale)
+    return loss
 
 
 def learned_rows(run: Run) -> np.ndarray:
@@ -284,13 +297,16 @@ def train_loop(run: Run, start_step: int = 0, stop: Optional[StopRequest] = None
     try:
         while step < run.max_train_steps:
             started = time.perf_counter()
-            loss = optimizer_step(run, micro_batches)
+            loss = optimizer_step(run, micro_batches, stop)
             step += 1
             lr = run.lr_scheduler.get_lr()
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             run.reporter.scalar("train/loss", loss, step)
             run.reporter.scalar("train/lr", lr, step)
+            if run.precision.scaler.enabled:
+                run.reporter.scalar("train/loss_scale", run.precision.scaler.scale, step)
+                run.reporter.scalar("train/skipped_steps", run.precision.scaler.skipped_steps, step)
             run.reporter.scalar("train/step_seconds", time.perf_counter() - started, step)
             if run.ctx.is_main and step % c.save_steps == 0:
                 outputs.save_embeddings(c, learned_rows(run), step=step)
@@ -298,7 +314,7 @@ def train_loop(run: Run, start_step: int = 0, stop: Optional[StopRequest] = None
                 save_checkpoint(run, step)
             if run.ctx.is_main and validation_due_at(run, step):
                 validate(run, step)
-            if stop is not None and stop.agreed(run.ctx):
+            if stop is not None and stop.requested:  # (all ranks agreed in optimizer_step)
                 break
     finally:
         bar.close()
@@ -359,9 +375,14 @@ def save_and_stop(run: Run, step: int, stop: StopRequest) -> NoReturn:
 # ------------------------------------------------------------------------------------------------------------
 # entry
 # ------------------------------------------------------------------------------------------------------------
-@report_failures_to_main_rank
 def train(config: TrainConfig, ctx: Optional[DistContext] = None) -> Path:
     """Run a whole training; returns the path of the final learned_embeds file."""
+    return run_training(config, ctx).final
+
+
+@report_failures_to_main_rank
+def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> TrainResult:
+    """Run a whole training; returns what it left (the final file on rank 0; the rows each rank holds)."""
     ctx = ctx or init_distributed()
     setup_console(ctx.is_main)
     resume = checkpoint.find_resume(config, ctx.world_size, ctx.is_main)  # refused before any model loads
@@ -371,6 +392,7 @@ def train(config: TrainConfig, ctx: Optional[DistContext] = None) -> Path:
     start_step = restore_checkpoint(run, resume) if resume else 0
     if ctx.is_main:
         outputs.write_run_files(config, run.seed, run.language)
+    started = time.perf_counter()
     with stop_on_signals() as stop:
         try:
             step = train_loop(run, start_step, stop)
@@ -378,6 +400,7 @@ def train(config: TrainConfig, ctx: Optional[DistContext] = None) -> Path:
             if ctx.is_main:
                 outputs.save_embeddings(config, learned_rows(run))
             raise
+    loop_seconds = time.perf_counter() - started
     if stop.requested:
         save_and_stop(run, step, stop)
     final = Path(config.output_dir) / "learned_embeds.pdparams"
@@ -391,6 +414,7 @@ def train(config: TrainConfig, ctx: Optional[DistContext] = None) -> Path:
             outputs.push_to_hub(config)
         log.info("done: %d steps; embedding saved to %s", step, final)
     run.reporter.close()
-    dump_rank_rows_for_tests(ctx, learned_rows(run))
     barrier(ctx)
-    return final
+    scaler = run.precision.scaler
+    return TrainResult(final, learned_rows(run), step, scaler.skipped_steps,
+                       scaler.scale if scaler.enabled else None, loop_seconds)

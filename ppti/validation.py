@@ -20,6 +20,7 @@ import paddle
 from PIL import Image
 
 from .atomic import atomic_path
+from .precision import unet_takes_text_encoder_output
 
 log = logging.getLogger("ppti")
 
@@ -78,7 +79,7 @@ def render(pipeline, prompt: str, num_images: int, seed: int, height: Optional[i
     pipeline.set_progress_bar_config(disable=True)  # the training bar is the one to watch
     images = []
     for i in range(num_images):
-        with seeded_generator(seed + i) as generator:
+        with seeded_generator(seed + i) as generator, unet_takes_text_encoder_output(pipeline.unet):
             out = pipeline(prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
                            guidance_scale=guidance_scale, generator=generator, height=height, width=width)
         images.append(out.images[0])
