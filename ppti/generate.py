@@ -159,8 +159,28 @@ def render_sweep(pipeline, settings: RenderSettings, steps: Sequence[tuple[int, 
     return image_grid(rows)
 
 
-def load_pipeline(model: str):
-    """The model's pipeline, every weight verified (ModelError names the problem)."""
+def load_pipeline(model: str, dtype: str = "float32"):
+    """The model's pipeline, every weight verified (ModelError names the problem), with the UNet and VAE in
+    `dtype` and the text encoder in float32 -- the precisions the trainer's validation renders with."""
     from .models import load_components
+    from .precision import cast_for_rendering
 
-    return load_components(model).pipeline
+    pipeline = load_components(model).pipeline
+    cast_for_rendering(pipeline, dtype)
+    return pipeline
+
+
+def run_dtype(paths: Sequence[Path]) -> Optional[str]:
+    """The --mixed_precision of the training run the first of `paths` belongs to, as a --dtype value (fp32, fp16,
+    bf16); None when no path is in (or is) a training output_dir with a train_config.yaml."""
+    import yaml
+
+    from .outputs import CONFIG_FILE
+
+    for path in map(Path, paths):
+        for folder in (path, path.parent):
+            config = folder / CONFIG_FILE
+            if folder.is_dir() and config.is_file():
+                mode = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("mixed_precision", "no")
+                return {"no": "fp32"}.get(mode, mode)
+    return None

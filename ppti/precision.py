@@ -63,7 +63,8 @@ class LossScaler:
         """Divide the gradient by the scale in place; returns 1.0 if it holds inf/NaN, else 0.0 (float32, on the
         device: reading it is the caller's one host sync)."""
         if self.enabled:
-            grad.scale_(1.0 / self.scale)
+            with paddle.no_grad():  # (Paddle refuses in-place ops on a gradient tensor while recording)
+                grad.scale_(1.0 / self.scale)
         return paddle.logical_not(paddle.isfinite(grad).all()).astype("float32")
 
     def update(self, overflow: bool) -> None:
@@ -199,6 +200,15 @@ def cast_vae_for_decoding(vae, precision: Precision, encodes_every_step: bool) -
         return
     vae.to(dtype=precision.dtype)
     log.info("VAE in %s for decoding validation images (the latent cache was encoded in float32)", precision.dtype)
+
+
+def cast_for_rendering(pipeline, dtype: str) -> None:
+    """A loaded pipeline rendering like the trainer's validation: UNet and VAE in `dtype` (float32, float16,
+    bfloat16), the text encoder in float32."""
+    if dtype == "float32":
+        return
+    pipeline.unet.to(dtype=dtype)
+    pipeline.vae.to(dtype=dtype)
 
 
 @contextlib.contextmanager

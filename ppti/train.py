@@ -71,6 +71,7 @@ class TrainResult:
 
     final: Path
     rows: np.ndarray  # (num_vectors, dim) float32
+    start_rows: np.ndarray  # the rows the loop started from (initial or resumed)
     steps: int
     skipped_steps: int  # fp16 steps skipped on an inf/NaN gradient
     loss_scale: Optional[float]  # the fp16 loss scale at the end (None: no loss scaling)
@@ -392,7 +393,7 @@ def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> Trai
     start_step = restore_checkpoint(run, resume) if resume else 0
     if ctx.is_main:
         outputs.write_run_files(config, run.seed, run.language)
-    started = time.perf_counter()
+    start_rows, started = learned_rows(run), time.perf_counter()
     with stop_on_signals() as stop:
         try:
             step = train_loop(run, start_step, stop)
@@ -416,5 +417,5 @@ def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> Trai
     run.reporter.close()
     barrier(ctx)
     scaler = run.precision.scaler
-    return TrainResult(final, learned_rows(run), step, scaler.skipped_steps,
+    return TrainResult(final, learned_rows(run), start_rows, step, scaler.skipped_steps,
                        scaler.scale if scaler.enabled else None, loop_seconds)

@@ -26,11 +26,9 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import ENTRY, REPO, train_args
+from conftest import REPO, train_args
 from ppti.config import parse_config
-from ppti.distributed import (
-    RANK_ROWS_DUMP_ENV, DistContext, dump_rank_rows_for_tests, init_distributed, mean_across_ranks, wrap_data_parallel,
-)
+from ppti.distributed import DistContext, agree_on_step, init_distributed, wrap_data_parallel
 from ppti.models import load_components
 from ppti.tokens import add_placeholder_tokens, initializer_ids, install_trainable_rows
 from ppti.train import learned_rows, setup, train, train_loop
@@ -102,9 +100,12 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(tiny_model_
     common = dict(num_vectors=2, max_train_steps=steps, gradient_accumulation_steps=2, scale_lr=True,
                   **SCALE_SENSITIVE_ADAM)  # --scale_lr: x 4 = accumulation 2 x batch 1 x 2 cards = 2 x batch 2
     two, dumps, logs = tmp_path / "two-ranks", tmp_path / "rank-rows", tmp_path / "launch-log"
+    dumps.mkdir()
     code, console, _ = launch(
-        ENTRY, train_args(tiny_model_en, demo_images, two, train_batch_size=1, gradient_checkpointing=True, **common),
-        logs, env={RANK_ROWS_DUMP_ENV: str(dumps), "GLOG_vmodule": "reducer=3"},
+        SCRIPTS / "train_and_save_rows.py",
+        [dumps, *train_args(tiny_model_en, demo_images, two, train_batch_size=1, gradient_checkpointing=True,
+                            **common)],
+        logs, env={"GLOG_vmodule": "reducer=3"},
     )
     assert code == 0, console[-3000:]
     one_config = parse_config(train_args(tiny_model_en, demo_images, tmp_path / "one", train_batch_size=2, **common))
@@ -186,6 +187,22 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_after_the_same_step(tiny_model_
     assert np.isfinite(kept).all()
 
 
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tiny_model_en, demo_images, tmp_path):
+    """The stop flag travels with the step's loss (one collective per optimizer step): the rank that was not
+    signalled stops after the same step, and rank 0 saves that step's embedding and checkpoint."""
+    out, logs = tmp_path / "out", tmp_path / "launch-log"
+    code, console, seconds = launch(
+        SCRIPTS / "fail_on_rank.py",
+        [1, "signal", *train_args(tiny_model_en, demo_images, out, train_batch_size=1, max_train_steps=6,
+                                  checkpointing_steps=100)], logs,
+    )
+    assert code != 0 and seconds < FAILURE_BOUND, console[-3000:]
+    for rank in (0, 1):
+        assert "SIGTERM at step 3/6" in (logs / f"workerlog.{rank}").read_text(errors="replace")
+    assert (out / "checkpoints" / "checkpoint-3").is_dir()
+    assert np.array_equal(saved_rows(out), saved_rows(out / "checkpoints" / "checkpoint-3"))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # one process
 # ------------------------------------------------------------------------------------------------------------
@@ -226,14 +243,5 @@ def test_a_single_process_is_rank_0_of_1_and_wraps_nothing():
     assert ctx == DistContext(rank=0, world_size=1) and ctx.is_main and not ctx.enabled
     layer = paddle.nn.Linear(2, 2)
     assert wrap_data_parallel(layer, ctx) is layer
-    assert mean_across_ranks(1.5, ctx) == 1.5
-
-
-def test_rank_rows_are_dumped_only_when_a_test_asks(tmp_path, monkeypatch):
-    rows = np.arange(6, dtype=np.float32).reshape(2, 3)
-    monkeypatch.delenv(RANK_ROWS_DUMP_ENV, raising=False)
-    dump_rank_rows_for_tests(DistContext(rank=1, world_size=2), rows)
-    assert not list(tmp_path.iterdir())
-    monkeypatch.setenv(RANK_ROWS_DUMP_ENV, str(tmp_path))
-    dump_rank_rows_for_tests(DistContext(rank=1, world_size=2), rows)
-    assert np.array_equal(np.load(tmp_path / "rank-1-rows.npy"), rows)
+    loss, overflow, signum = agree_on_step(paddle.to_tensor(1.5), paddle.to_tensor(0.0), 0, ctx)
+    assert (loss, overflow, signum) == (1.5, False, 0)

@@ -7,7 +7,8 @@
 --embeddings takes files in any format tools/convert.py reads (.pdparams, diffusers .safetensors/.bin, WebUI .pt/.png,
 kohya emb_params) or a training output_dir (its learned_embeds file). --steps_sweep renders one row per
 learned_embeds-steps-N of a run, labelled with its step, so the best step can be picked by eye. Image i uses
-seed + i: with the run's seed, size and 25 steps it renders what the run's validation grid showed.
+seed + i: with the run's seed, size, 25 steps and the run's precision (--dtype defaults to the --mixed_precision
+in the run's train_config.yaml) it renders what the run's validation grid showed.
 """
 
 import argparse
@@ -48,6 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="Seed of the first image (default: random, printed).")
     parser.add_argument("--height", type=int, default=None, help="Image height (multiple of 8; default: the model's).")
     parser.add_argument("--width", type=int, default=None, help="Image width (multiple of 8; default: the model's).")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                        help="Precision of the UNet and VAE (the text encoder stays fp32, as in training). Default: "
+                             "the --mixed_precision of the run the embeddings come from (its train_config.yaml), "
+                             "else fp32. fp16/bf16 need a GPU.")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png", help="The grid PNG to write.")
     args = parser.parse_args(argv)
     problems = []
@@ -73,18 +78,24 @@ def run(args: argparse.Namespace) -> tuple[Path, int]:
     """Render and write the grid; returns (PNG path, seed of the first image)."""
     from ppti.atomic import atomic_path
     from ppti.generate import (
-        RenderSettings, load_into, load_pipeline, read_embedding_args, render_row, render_sweep, step_files,
+        GenerateError, RenderSettings, load_into, load_pipeline, read_embedding_args, render_row, render_sweep, run_dtype, step_files,
         warn_unused_tokens,
     )
+    from ppti.precision import DTYPES, device_problem
     from ppti.reporting import setup_console
 
     embeddings = read_embedding_args(args.embeddings)  # every file is checked before Paddle and the model load
     steps = step_files(args.steps_sweep) if args.steps_sweep is not None else None
+    dtype = args.dtype or run_dtype([*args.embeddings, *([args.steps_sweep] if args.steps_sweep else [])]) or "fp32"
+    problem = device_problem(dtype, "--dtype")  # before the model loads
+    if problem:
+        raise GenerateError(problem + ("" if args.dtype else " (the default --dtype is the training run's "
+                                       "--mixed_precision; give --dtype fp32)"))
     setup_console(is_main=True)  # (imports ppdiffusers: slow)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     settings = RenderSettings(args.prompt, args.negative_prompt, args.num_images, seed, args.steps,
                               args.guidance_scale, args.height, args.width)
-    pipeline = load_pipeline(args.model)
+    pipeline = load_pipeline(args.model, DTYPES.get(dtype, "float32"))
     load_into(pipeline, embeddings)
     warn_unused_tokens(args.prompt, [e.token for e in embeddings])
     if steps:

@@ -5,10 +5,12 @@
 WHEN = data: on RANK, --train_data_dir names a folder that does not exist (a machine without the data), so that
              rank stops during setup while the others load the model and then wait for it;
 WHEN = step: RANK raises in its 3rd micro-step, while the other ranks wait for it in the gradient all-reduce;
-WHEN = nan:  RANK's loss (alone) is NaN in its 3rd micro-step.
+WHEN = nan:  RANK's loss (alone) is NaN in its 3rd micro-step;
+WHEN = signal: RANK (alone) receives SIGTERM in its 3rd micro-step (the others must stop after the same step).
 """
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +35,9 @@ def inject(when: str, argv: list[str]) -> list[str]:
             return real_loss(run, batch)
         if when == "nan":
             return real_loss(run, batch) * float("nan")
+        if when == "signal":
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real_loss(run, batch)
         raise RuntimeError("injected failure")
 
     ppti.train.micro_step_loss = failing_loss

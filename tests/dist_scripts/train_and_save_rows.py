@@ -1,0 +1,27 @@
+"""Test-only: a real ppti training on every rank, then each rank saves the rows it holds.
+
+    python -m paddle.distributed.launch --nproc_per_node 2 tests/dist_scripts/train_and_save_rows.py OUT_DIR [flags]
+
+Runs `ppti.train.run_training` (what train_textual_inversion.py runs) and writes OUT_DIR/rank-R-rows.npy, so a test
+can check that every rank ends with the same embedding.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, when run as a script
+
+import numpy as np  # noqa: E402
+import paddle.distributed as dist  # noqa: E402
+
+from ppti.config import parse_config  # noqa: E402
+from ppti.train import run_training  # noqa: E402
+
+
+def main(out_dir: str, argv: list[str]) -> None:
+    result = run_training(parse_config(argv))
+    np.save(Path(out_dir) / f"rank-{dist.get_rank()}-rows.npy", result.rows)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
