@@ -200,7 +200,7 @@ def rng_states() -> dict[str, Any]:
     }
     index = _device_index(paddle.get_device())
     if index is not None:
-        states["paddle"]["device"] = _generator_state(paddle.get_rng_state()[index])
+        states["paddle"]["current_device"] = _generator_state(paddle.get_rng_state()[index])
     return states
 
 
@@ -441,10 +441,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     paddle.set_rng_state([_generator(s) for s in states["paddle"]["cpu"]], "cpu")
     saved_device, here = states["paddle_device"], paddle.get_device()
-    saved = states["paddle"].get("device")
-    if isinstance(saved, list):  # older checkpoints held every visible GPU's state
-        index = _device_index(saved_device)
-        saved = saved[index] if index is not None and index < len(saved) else None
+    saved = states["paddle"].get("current_device")
+    if "device" in states["paddle"]:  # older checkpoints held every visible GPU's state
+        index, every = _device_index(saved_device), states["paddle"]["device"]
+        saved = every[index] if index is not None and index < len(every) else None
     index = _device_index(here)
     if index is None:
         if saved is not None:

@@ -138,3 +138,34 @@ def test_bad_arguments_are_one_line_errors_with_exit_code_2(tool, capsys, tiny_m
     # and through the real entry point: one line, exit code 2, no traceback
     proc = generate("--model", tiny_model_en, "--embeddings", tmp_path / "missing.pdparams", "--prompt", "x", "-o", out)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr
+
+
+def test_dtype_defaults_to_the_runs_mixed_precision_and_is_refused_cleanly_without_kernels(tool, capsys, tiny_model_en,
+                                                                                          trained_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from ppti.generate import load_pipeline, run_dtype
+    from ppti.precision import kernel_problem
+
+    half_run = tmp_path / "fp16-run"
+    shutil.copytree(trained_run, half_run)
+    config = half_run / "train_config.yaml"
+    config.write_text(config.read_text().replace("mixed_precision: 'no'", "mixed_precision: fp16")
+                      .replace("mixed_precision: no", "mixed_precision: fp16"))
+    assert yaml.safe_load(config.read_text())["mixed_precision"] == "fp16"
+    assert run_dtype([half_run]) == run_dtype([half_run / "learned_embeds.pdparams"]) == "fp16"
+    assert run_dtype([trained_run]) == "fp32" and run_dtype([tmp_path]) is None
+    out = tmp_path / "x.png"
+    if kernel_problem("float16") is not None:  # this device: a one-line refusal before the model loads
+        code, _, err = run_tool(tool, capsys, "--model", tiny_model_en, "--embeddings", half_run, "--prompt", "x",
+                                "-o", out)
+        [error] = [line for line in err.splitlines() if "error:" in line]
+        assert code == 2 and "--dtype fp16: this Paddle build cannot compute in float16" in error
+        assert "the training run's --mixed_precision; give --dtype fp32" in error and not out.exists()
+    # the precisions generate renders with: UNet and VAE in the run's dtype (float64 stands in for a half dtype
+    # on CPU), the text encoder in float32 -- as the trainer's validation
+    pipeline = load_pipeline(str(tiny_model_en), "float64")
+    assert str(pipeline.unet.dtype) == str(pipeline.vae.dtype) == "paddle.float64"
+    assert str(pipeline.text_encoder.dtype) == "paddle.float32"
