@@ -36,6 +36,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self.agreed = False  # every rank knows of a signal (set once per optimizer step)
 
     @property
     def requested(self) -> bool:
@@ -48,14 +49,18 @@ class StopRequest:
     def request(self, signum: int) -> None:
         self.signum = signum
 
-    def agree(self, signum_of_any_rank: int) -> bool:
-        """Adopt the signal another rank received (see distributed.agree_on_step, which carries it with the loss);
-        returns whether every rank stops now. With several cards the launcher may signal the ranks at slightly
-        different moments; they must stop after the same step, or the ones still training wait forever in the
-        all-reduce."""
+    def agree(self, signum_of_any_rank: int) -> None:
+        """Take in the signal any rank had received when the step's values were exchanged (see
+        distributed.agree_on_step, which carries it with the loss)."""
+        self.agreed = bool(signum_of_any_rank)
         if self.signum is None and signum_of_any_rank:
             self.signum = signum_of_any_rank
-        return self.requested
+
+    def stops_now(self, ctx) -> bool:
+        """Whether to stop after this step. With several cards only what every rank agreed on counts: the launcher
+        may signal the ranks at slightly different moments, and a rank that stopped alone would leave the others
+        waiting forever in the all-reduce."""
+        return self.agreed if ctx.enabled else self.requested
 
 
 @contextlib.contextmanager

@@ -315,7 +315,7 @@ def train_loop(run: Run, start_step: int = 0, stop: Optional[StopRequest] = None
                 save_checkpoint(run, step)
             if run.ctx.is_main and validation_due_at(run, step):
                 validate(run, step)
-            if stop is not None and stop.requested:  # (all ranks agreed in optimizer_step)
+            if stop is not None and stop.stops_now(run.ctx):
                 break
     finally:
         bar.close()

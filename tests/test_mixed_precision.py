@@ -279,6 +279,11 @@ def test_one_collective_and_one_host_read_per_optimizer_step(tiny_model_en, demo
     assert reads == [f"{package}/distributed.py:numpy"] * 2, reads  # one read per step: the gathered values
     assert [g[0] for g in gathered] == pytest.approx(losses)  # the summed loss of 2 micro-batches, on device
     assert stop.requested and stop.signal_name == "SIGTERM"  # rank 1's signal, carried by step 2's collective
+    assert stop.stops_now(run.ctx)
+    late = StopRequest()  # a signal arriving here after the step's exchange: the other ranks do not know yet
+    late.agree(0)
+    late.request(15)
+    assert not late.stops_now(run.ctx) and late.stops_now(DistContext())  # one process: at once
 
 
 # ------------------------------------------------------------------------------------------------------------
