@@ -10,7 +10,9 @@ What goes over the wire: `paddle.DataParallel` registers only trainable paramete
 trainable parameter is `PlaceholderEmbedding.rows` (`[num_vectors, dim]`), so the per-step all-reduce carries just
 those rows' gradient -- not the `[vocab, dim]` matrix the ppdiffusers example all-reduces every step. The frozen
 weights are also kept out of the one-off parameter broadcast DataParallel does when it wraps the model (see
-`wrap_data_parallel`). With gradient accumulation the all-reduce runs once per optimizer step (`no_sync`).
+`wrap_data_parallel`). With gradient accumulation the all-reduce runs once per optimizer step (`no_sync`). Besides
+it, one small all_gather per optimizer step carries the loss, the overflow flag and any stop signal together
+(`agree_on_step`): the only point where a step waits for the device.
 
 Errors: when a rank raises, it exits non-zero and the launcher stops the other ranks. The launcher shows the
 console output of rank 0 (and the log tail of the lowest failed rank), so a rank other than 0 first hands its error
@@ -108,7 +110,7 @@ def agree_on_step(loss_sum: paddle.Tensor, overflow: paddle.Tensor, signum: int,
 
     `loss_sum` and `overflow` are float32 scalars still on the device (no sync before this point)."""
     mine = paddle.stack([loss_sum.astype("float32").reshape([]), overflow.astype("float32").reshape([]),
-                         paddle.to_tensor(float(signum), dtype="float32")])  # (3,)
+                         paddle.full([], float(signum), dtype="float32")])  # (3,) (a fill: no host copy)
     if ctx.enabled:
         gathered: list = []
         dist.all_gather(gathered, mine)
