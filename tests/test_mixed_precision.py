@@ -214,11 +214,14 @@ def test_unet_in_another_dtype_trains_fp32_rows_through_an_fp32_text_encoder(tin
                                                                              monkeypatch):
     """float64 stands in for fp16/bf16 (no half conv kernels on this CPU): the UNet computes in it, the text
     encoder and the latent cache stay float32, and the gradient reaches the float32 rows."""
+    fp32 = _run(tiny_model_en, demo_images, tmp_path / "fp32")  # --mixed_precision no
     run = _run(tiny_model_en, demo_images, tmp_path, Precision("bf16", "float64"), monkeypatch,
                validation_prompt="a <demo-toy>")
     assert {str(p.dtype) for p in run.components.unet.parameters()} == {"paddle.float64"}
     assert {str(p.dtype) for p in run.components.text_encoder.parameters()} == {"paddle.float32"}
-    assert run.latents.mean.dtype == paddle.float32
+    # the cache is the float32 VAE's encoding, exactly as without mixed precision
+    assert np.array_equal(run.latents.mean.numpy(), fp32.latents.mean.numpy())
+    assert np.array_equal(run.latents.std.numpy(), fp32.latents.std.numpy())
     assert {str(p.dtype) for p in run.components.vae.parameters()} == {"paddle.float64"}  # decodes validation
     before = run.rows.rows.numpy().copy()
     assert np.isfinite(optimizer_step(run, iter(batches(run, 0))))
