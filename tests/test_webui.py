@@ -1,0 +1,198 @@
+"""The web page's rules without a browser: paths stay in the workspace, uploads are images within limits, the
+advanced YAML cannot smuggle paths, the default address is loopback, run state is read back from files, and the
+checks the page runs "as you type" are the trainer's own (tools/check_config.py). The page itself, in Chromium:
+tests/test_webui_browser.py."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import DEMO_IMAGES, REPO
+from ppti_webui.runs import last_message, read_progress, read_state
+from ppti_webui.workspace import MAX_IMAGE_BYTES, Workspace, WorkspaceError, parse_advanced_yaml
+
+CHECK = REPO / "tools" / "check_config.py"
+
+
+@pytest.fixture
+def ws(tmp_path):
+    root = tmp_path / "ws"
+    (root / "models" / "m").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("x")
+    return Workspace(root)
+
+
+# ---- paths ---------------------------------------------------------------------------------------------------
+def test_paths_inside_the_workspace_are_accepted(ws):
+    assert ws.resolve("models/m", "model") == ws.root / "models" / "m"
+    assert ws.resolve(str(ws.root / "models" / "m"), "model") == ws.root / "models" / "m"  # absolute, inside
+
+
+@pytest.mark.parametrize("value, words", [
+    ("../outside", "'..' is not allowed"),
+    ("models/../../outside", "'..' is not allowed"),
+    ("/etc", "outside the workspace"),
+    ("~", "outside the workspace"),
+    ("", "empty"),
+])
+def test_traversal_and_absolute_paths_are_refused(ws, value, words):
+    with pytest.raises(WorkspaceError, match=words):
+        ws.resolve(value, "image folder")
+    with pytest.raises(WorkspaceError):
+        ws.model(value)
+
+
+def test_symlink_escape_is_refused(ws, tmp_path):
+    (ws.root / "models" / "link").symlink_to(tmp_path / "outside")
+    (ws.root / "file-link").symlink_to(tmp_path / "outside" / "secret.txt")
+    for value in ("models/link", "models/link/secret.txt", "file-link"):
+        with pytest.raises(WorkspaceError, match="outside the workspace"):
+            ws.resolve(value, "image folder")
+
+
+def test_hub_ids_are_not_paths(ws):
+    assert ws.model("CompVis/stable-diffusion-v1-4") == "CompVis/stable-diffusion-v1-4"
+    assert ws.model("models/m") == str(ws.root / "models" / "m")  # an existing folder wins over the Hub reading
+
+
+def test_run_names_cannot_name_paths(ws):
+    for name in ("../x", "a/b", "", ".hidden", "a b"):
+        with pytest.raises(WorkspaceError, match="run name"):
+            ws.new_run_dir(name)
+    with pytest.raises(WorkspaceError, match="no such run"):
+        ws.run_dir("../ws")
+
+
+# ---- uploads -------------------------------------------------------------------------------------------------
+def demo_files():
+    return sorted(str(p) for p in DEMO_IMAGES.glob("*.png"))
+
+
+def test_uploads_are_checked_and_copied(ws):
+    target = ws.save_uploads(demo_files(), "run1")
+    assert target == ws.uploads / "run1"
+    assert len(list(target.iterdir())) == 4
+    for path in target.iterdir():
+        with Image.open(path) as image:
+            image.load()
+
+
+def test_non_image_upload_is_refused(ws, tmp_path):
+    fake = tmp_path / "photo.png"  # an image name, text inside
+    fake.write_text("#!/bin/sh\necho not an image\n")
+    with pytest.raises(WorkspaceError, match="photo.png is not an image"):
+        ws.save_uploads(demo_files()[:3] + [str(fake)], "run1")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes((DEMO_IMAGES / "toy-1.png").read_bytes()[:200])
+    with pytest.raises(WorkspaceError, match="cut.png is not an image"):
+        ws.save_uploads(demo_files()[:3] + [str(truncated)], "run1")
+    assert not (ws.uploads / "run1").exists()  # nothing copied from a refused upload
+
+
+def test_upload_count_and_size_limits(ws, tmp_path):
+    with pytest.raises(WorkspaceError, match="upload 3 to 20 images"):
+        ws.save_uploads(demo_files()[:2], "run1")
+    with pytest.raises(WorkspaceError, match="upload 3 to 20 images"):
+        ws.save_uploads(demo_files() * 6, "run1")
+    big = tmp_path / "big.bmp"
+    big.write_bytes(b"BM" + b"\0" * (MAX_IMAGE_BYTES + 1))
+    with pytest.raises(WorkspaceError, match="the limit is 20 MiB"):
+        ws.save_uploads(demo_files()[:3] + [str(big)], "run1")
+
+
+# ---- the advanced YAML box -----------------------------------------------------------------------------------
+def test_advanced_yaml_paths_stay_inside(ws, tmp_path):
+    run_dir = ws.runs / "r"
+    (ws.root / "t.txt").write_text("a photo of {}\n")
+    data = parse_advanced_yaml("repeats: 5\ntemplates: t.txt\nresume_from_checkpoint: latest\n", ws, run_dir)
+    assert data == {"repeats": 5, "templates": str(ws.root / "t.txt"), "resume_from_checkpoint": "latest"}
+    for text, words in [
+        ("templates: ../outside/secret.txt", "'..' is not allowed"),
+        (f"templates: {tmp_path / 'outside' / 'secret.txt'}", "outside the workspace"),
+        ("output_dir: /tmp/elsewhere", "set in the form"),
+        ("train_data_dir: x", "set in the form"),
+        ("logging_dir: ../../x", "inside the run"),
+        ("[1, 2]", "expected a mapping"),
+        ("a: [", "not valid YAML"),
+    ]:
+        with pytest.raises(WorkspaceError, match=words):
+            parse_advanced_yaml(text, ws, run_dir)
+
+
+# ---- the address ---------------------------------------------------------------------------------------------
+def load_webui_tool():
+    spec = importlib.util.spec_from_file_location("webui_tool", REPO / "tools" / "webui.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_address_is_loopback_and_others_warn(capsys):
+    tool = load_webui_tool()
+    assert tool.parse_args([]).host == "127.0.0.1"
+    for host in ("127.0.0.1", "localhost", "::1"):
+        tool.warn_if_exposed(host)
+        assert capsys.readouterr().err == ""
+    tool.warn_if_exposed("0.0.0.0")
+    err = capsys.readouterr().err
+    assert "WARNING: the page listens on 0.0.0.0" in err and "--host 127.0.0.1" in err
+
+
+# ---- run state from files ------------------------------------------------------------------------------------
+def test_progress_and_messages_are_read_from_the_trainer_output():
+    log = ("[12:00:00] INFO ***** Running training *****\n"
+           "\rTrain steps:   0%|          | 0/40 [00:00<?, ?it/s]"
+           "\rTrain steps:   2%|▎         | 1/40 [00:01<00:40,  1.02s/it, loss=0.2513, lr=5.00e-03]"
+           "\rTrain steps:   5%|▌         | 2/40 [00:02<00:39,  1.01s/it, loss=0.1875, lr=5.00e-03]\n"
+           "interrupted: SIGINT at step 2/40: saved out/learned_embeds.pdparams\n")
+    assert read_progress(log) == (2, 40, {1: 0.2513, 2: 0.1875})
+    assert last_message(log) == "interrupted: SIGINT at step 2/40: saved out/learned_embeds.pdparams"
+
+
+def test_state_survives_without_the_page(tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "webui").mkdir(parents=True)
+    (run_dir / "webui" / "run.json").write_text(json.dumps({"pid": os.getpid(), "command": [], "started": 0}))
+    (run_dir / "webui" / "train.log").write_text("error: --train_data_dir x: no such directory\n")
+    assert read_state(run_dir).status == "lost"  # pid is not this run's launcher: not mistaken for running
+    (run_dir / "webui" / "exit.json").write_text(json.dumps({"returncode": 2}))
+    state = read_state(run_dir)
+    assert (state.status, state.message) == ("failed", "error: --train_data_dir x: no such directory")
+    (run_dir / "webui" / "exit.json").write_text(json.dumps({"returncode": 130}))
+    assert read_state(run_dir).status == "stopped"
+
+
+# ---- the trainer's own checks (tools/check_config.py) ----------------------------------------------------------
+def check(*args, stdin=None):
+    return subprocess.run([sys.executable, str(CHECK), *map(str, args)], capture_output=True, text=True,
+                          input=stdin, cwd=REPO, timeout=120)
+
+
+def test_check_placeholder_uses_the_trainer_rules(tiny_model_en):
+    ok = check("placeholder", "--model", tiny_model_en, "--placeholder_token", "<cat-toy>", "--initializer_token",
+               "toy")
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: <cat-toy>: 1 new token(s) in the CLIPTokenizer")
+    questions = [["placeholder", "--model", str(tiny_model_en), "--placeholder_token", "toy", "--initializer_token",
+                  "toy"],
+                 ["placeholder", "--model", str(tiny_model_en), "--placeholder_token", "a b", "--initializer_token",
+                  "toy"],
+                 ["config", "--pretrained_model_name_or_path", str(tiny_model_en), "--train_data_dir",
+                  str(DEMO_IMAGES), "--placeholder_token", "<x>", "--initializer_token", "toy", "--resolution", "60"],
+                 ["config", "--frobnicate", "1"]]
+    served = check("serve", stdin="".join(json.dumps({"argv": q}) + "\n" for q in questions) + "not json\n")
+    replies = [json.loads(line) for line in served.stdout.splitlines()]
+    assert [r["returncode"] for r in replies] == [2, 2, 2, 2, 2]
+    assert "is already a word of the tokenizer" in replies[0]["message"]  # the trainer's TokenError text
+    assert "contains white space" in replies[1]["message"]
+    assert "--resolution (used for height) = 60 is not a multiple of 8" in replies[2]["message"]
+    assert "unrecognized arguments: --frobnicate" in replies[3]["message"]
+    assert all(r["message"].startswith("error: ") and "Traceback" not in r["message"] for r in replies)
+    one_shot = check("placeholder", "--model", tiny_model_en, "--placeholder_token", "toy", "--initializer_token",
+                     "toy")
+    assert one_shot.returncode == 2 and one_shot.stderr.strip().splitlines()[-1] == replies[0]["message"]

@@ -1,0 +1,234 @@
+"""Drives the web page in headless Chromium (Debian's) with Playwright, as a user would; run by
+tests/test_webui_browser.py with .venv-webui's Python. Writes OUT/result.json, OUT/downloads/*, OUT/*.png.
+
+    .venv-webui/bin/python tests/webui_driver.py --project_python .venv/bin/python --workspace WS --port 7870
+        --images examples/demo_concept --out OUT
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import Page, expect, sync_playwright
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TRAIN_TIMEOUT_MS = 240_000
+FORMATS = ["ppdiffusers .pdparams", "diffusers .safetensors", "WebUI/ComfyUI .safetensors", "WebUI .pt"]
+
+
+def log(message: str) -> None:
+    print(f"[driver {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class PageProcess:
+    """tools/webui.py, started as a user starts it (with the project's Python)."""
+
+    def __init__(self, args):
+        self.args, self.proc = args, None
+        self.url = f"http://127.0.0.1:{args.port}/"
+
+    def start(self) -> None:
+        command = [self.args.project_python, str(REPO / "tools" / "webui.py"), "--workspace", self.args.workspace,
+                   "--port", str(self.args.port), "--model", "models/tiny-sd"]
+        self.proc = subprocess.Popen(command, stdout=open(Path(self.args.out) / "page.log", "a"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url, timeout=5)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the page exited with {self.proc.returncode}; see page.log")
+                time.sleep(0.5)
+        raise RuntimeError("the page did not answer within 120 s")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def fill(page: Page, elem_id: str, value) -> None:
+    page.locator(f"#{elem_id} input, #{elem_id} textarea").first.fill(str(value))
+
+
+def choose(page: Page, elem_id: str, label: str) -> None:
+    page.locator(f"#{elem_id} label").filter(has_text=label).first.click()
+
+
+def pick(page: Page, elem_id: str, option: str) -> None:
+    """A gr.Dropdown option."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.locator(f"#{elem_id} [role=option][aria-label='{option}']").first.click()
+
+
+def text_of(page: Page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def wait_text(page: Page, elem_id: str, words: str, timeout: int = TRAIN_TIMEOUT_MS) -> str:
+    expect(page.locator(f"#{elem_id}")).to_contain_text(words, timeout=timeout)
+    return text_of(page, elem_id)
+
+
+def wait_step_above(page: Page, run_name: str, step: int) -> int:
+    """Wait until the status shows run `run_name` running past `step`; returns the step shown."""
+    wait_text(page, "status", f"{run_name} · Running")
+    page.wait_for_function(f"document.querySelector('#progress').dataset.step > {step}", timeout=TRAIN_TIMEOUT_MS)
+    return int(page.locator("#progress").get_attribute("data-step"))
+
+
+def train_form(page: Page, images, run_name: str, steps: int, validation_steps: int) -> None:
+    if images:
+        page.set_input_files("#images input[type=file]", images)
+        expect(page.locator("#images")).to_contain_text("toy-4", timeout=30_000)
+    fill(page, "steps", steps)
+    fill(page, "lr", 5e-3)
+    fill(page, "resolution", 64)
+    fill(page, "validation-steps", validation_steps)
+    fill(page, "advanced", "repeats: 4\ntrain_batch_size: 2\nnum_validation_images: 2\nseed: 7\nlr_warmup_steps: 0\n"
+                           "checkpointing_steps: 0")
+    fill(page, "run-name", run_name)
+
+
+def screenshot(page: Page, out: Path, name: str) -> None:
+    page.wait_for_timeout(500)  # let plots and images settle
+    page.screenshot(path=str(out / f"webui-{name}.png"), full_page=True)
+
+
+def run(args) -> dict:
+    out = Path(args.out)
+    (out / "downloads").mkdir(parents=True, exist_ok=True)
+    images = sorted(str(p) for p in Path(args.images).glob("*.png"))
+    result: dict = {}
+    server = PageProcess(args)
+    server.start()
+    try:
+        drive(args, server, out, images, result)
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    return result
+
+
+def drive(args, server: PageProcess, out: Path, images: list[str], result: dict) -> None:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page = context.new_page()
+        page.goto(server.url)
+        expect(page.locator("#start")).to_be_visible(timeout=60_000)
+
+        # -- placeholder checked as you type, with the trainer's own rules --------------------------------------
+        fill(page, "placeholder", "toy")
+        result["token_refused"] = wait_text(page, "token-check", "already a word", timeout=120_000)
+        fill(page, "placeholder", "<web-toy>")
+        result["token_ok"] = wait_text(page, "token-check", "new token(s)", timeout=60_000)
+
+        # -- 1. a short run: progress reaches the end, the grid appears --------------------------------------------
+        train_form(page, images, "first", steps=4, validation_steps=2)
+        page.click("#start")
+        result["start_message"] = wait_text(page, "action", "first", timeout=120_000)
+        log(result["start_message"])
+        result["first_status"] = wait_text(page, "status", "Finished")
+        result["first_progress"] = text_of(page, "progress-text")
+        expect(page.locator("#grid img")).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1500)
+        screenshot(page, out, "train")
+        log(f"first run: {result['first_status']!r}")
+
+        # -- 2. a long run: a second Start is refused; the page is killed and restarted; Stop saves ------------------
+        train_form(page, None, "second", steps=100_000, validation_steps=0)
+        page.click("#start")
+        wait_text(page, "action", "second", timeout=120_000)
+        wait_step_above(page, "second", 0)
+        fill(page, "run-name", "third")
+        page.click("#start")
+        result["second_start_refused"] = wait_text(page, "action", "a run is in progress", timeout=30_000)
+        run_info = json.loads((Path(args.workspace) / "runs" / "second" / "webui" / "run.json").read_text())
+        server.kill()
+        log("page killed")
+        time.sleep(2)
+        result["trainer_alive_after_page_killed"] = Path(f"/proc/{run_info['pid']}").exists()
+        step_before = int(page.locator("#progress").get_attribute("data-step"))
+        server.start()
+        page.reload()
+        expect(page.locator("#start")).to_be_visible(timeout=60_000)
+        result["status_after_restart"] = wait_text(page, "status", "Running", timeout=60_000)
+        result["step_after_restart"] = wait_step_above(page, "second", step_before)
+        result["step_before_restart"] = step_before
+        page.click("#stop")
+        result["stop_message"] = wait_text(page, "action", "second", timeout=30_000)
+        result["second_status"] = wait_text(page, "status", "Stopped and saved", timeout=120_000)
+        log(f"second run: {result['second_status']!r}")
+
+        # -- compare, generate, export on the first run ---------------------------------------------------------------
+        pick(page, "run", "first")
+        page.click("#tab-compare-button")
+        expect(page.locator("#gallery img")).to_have_count(2, timeout=30_000)
+        result["gallery_captions"] = page.locator("#gallery").inner_text()
+        screenshot(page, out, "compare")
+
+        page.click("#tab-generate-button")
+        expect(page.locator("#prompt textarea, #prompt input").first).to_have_value("a photo of a <web-toy>",
+                                                                                     timeout=30_000)
+        fill(page, "num-images", 2)
+        fill(page, "inference-steps", 4)
+        page.click("#generate")
+        result["generate_message"] = wait_text(page, "gen-message", "wrote", timeout=TRAIN_TIMEOUT_MS)
+        expect(page.locator("#generated img")).to_be_visible(timeout=30_000)
+        screenshot(page, out, "generate")
+
+        page.click("#tab-export-button")
+        result["downloads"] = {}
+        for fmt in FORMATS:
+            choose(page, "format", fmt)
+            page.click("#export")
+            message = wait_text(page, "exp-message", "wrote", timeout=60_000)
+            name = Path(message.split("wrote ", 1)[1].split()[0]).name
+            expect(page.locator("#download")).to_contain_text(Path(name).stem, timeout=30_000)
+            link = page.locator("#download a").first
+            with page.expect_download() as download_info:
+                link.click()
+            download = download_info.value
+            target = out / "downloads" / fmt.replace("/", "-").replace(" ", "_") / download.suggested_filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            download.save_as(str(target))
+            result["downloads"][fmt] = str(target)
+            log(f"downloaded {target}")
+        screenshot(page, out, "export")
+
+        # -- the language switch relabels the same layout ---------------------------------------------------------------
+        choose(page, "language", "中文")
+        expect(page.locator("#tab-train-button")).to_have_text("训练", timeout=30_000)
+        result["zh_tabs"] = [page.locator(f"#tab-{t}-button").inner_text()
+                             for t in ("train", "compare", "generate", "export")]
+        page.click("#tab-train-button")
+        screenshot(page, out, "train-zh")
+        browser.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--project_python", required=True)
+    parser.add_argument("--workspace", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+    result = run(args)
+    (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The ppti web page: train, watch, compare, generate and export textual-inversion concepts in a browser.
+
+    python tools/webui.py [--host 127.0.0.1] [--port 7860] [--workspace webui-workspace] [--language en|zh]
+
+Run it with the project's environment active (`. .venv/bin/activate`). The first start creates the page's own
+environment, .venv-webui (Gradio; requirements-webui.txt), and restarts itself inside it; the page then runs the
+project's tools (train_textual_inversion.py, tools/generate.py, tools/convert.py, tools/check_config.py) with the
+project's Python. Every file the page accepts or writes stays inside --workspace.
+"""
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ppti_webui import venv  # noqa: E402 (standard library only)
+
+LOCAL_HOSTS = ("localhost",)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="webui.py", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="Address to listen on (default 127.0.0.1: this machine only). Anything else lets other "
+                             "machines start training and read the workspace: only on a network you trust.")
+    parser.add_argument("--port", type=int, default=7860, help="Port (default 7860).")
+    parser.add_argument("--workspace", type=Path, default=Path("webui-workspace"),
+                        help="The folder the page reads and writes: models, uploaded images, runs (default "
+                             "./webui-workspace). Paths typed into the page are relative to it.")
+    parser.add_argument("--model", default="", help="Model folder (inside the workspace) or Hub id to prefill.")
+    parser.add_argument("--language", choices=("en", "zh"), default="en", help="The page's starting language.")
+    parser.add_argument("--setup_only", action="store_true",
+                        help="Create or update .venv-webui and exit (e.g. to prepare a machine).")
+    parser.add_argument("--project_python", default=None, help=argparse.SUPPRESS)  # set when re-executing
+    return parser.parse_args(argv)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(host: str) -> None:
+    if not is_loopback(host):
+        bar = "!" * 100
+        print(f"{bar}\nWARNING: the page listens on {host}, not only on this machine (127.0.0.1).\n"
+              "Anyone who can reach this address can start training, upload images and download every run in the "
+              "workspace.\nUse --host 127.0.0.1 (the default) unless this network is trusted.\n"
+              f"警告：页面在 {host} 上监听，其他机器也能访问并启动训练、下载工作区文件。除非网络可信，请使用默认的 "
+              f"--host 127.0.0.1。\n{bar}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if not venv.in_venv():
+        python = venv.ensure(REPO / "requirements-webui.txt")
+        if args.setup_only:
+            print(f"{venv.VENV} is ready")
+            return 0
+        project = ["--project_python", sys.executable] if args.project_python is None else []
+        os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv, *project])
+    if args.setup_only:
+        return 0
+    from ppti_webui.app import Page, build
+    from ppti_webui.project import ProjectTools
+    from ppti_webui.runs import Runs, project_python_default
+    from ppti_webui.workspace import Workspace
+
+    project_python = args.project_python or project_python_default(REPO)
+    workspace = Workspace(args.workspace)
+    tools = ProjectTools(project_python, REPO, workspace.root)
+    page = Page(workspace, Runs(workspace, project_python, REPO), tools, default_model=args.model)
+    warn_if_exposed(args.host)
+    print(f"ppti web page: http://{args.host}:{args.port}  (workspace {workspace.root})", flush=True)
+    try:
+        build(page, args.language).queue(default_concurrency_limit=4).launch(
+            server_name=args.host, server_port=args.port, max_file_size="20mb", show_error=False, quiet=True,
+            footer_links=[], mcp_server=False, ssr_mode=False, enable_monitoring=False,
+        )
+    finally:
+        tools.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
