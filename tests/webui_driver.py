@@ -8,7 +8,9 @@ tests/test_webui_browser.py with .venv-webui's Python. Writes OUT/result.json, O
 import argparse
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TRAIN_TIMEOUT_MS = 240_000
-FORMATS = ["ppdiffusers .pdparams", "diffusers .safetensors", "WebUI/ComfyUI .safetensors", "WebUI .pt"]
+FORMATS = {  # the Export tab's choices -> the file each downloads
+    "ppdiffusers .pdparams": "learned_embeds.pdparams",
+    "diffusers .safetensors": "learned_embeds.safetensors",
+    "WebUI/ComfyUI .safetensors": "web-toy.safetensors",
+    "WebUI .pt": "web-toy.pt",
+}
 
 
 def log(message: str) -> None:
@@ -54,6 +61,20 @@ class PageProcess:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+
+
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses of the sockets listening on `port` (from /proc/net/tcp and tcp6; 0A = LISTEN)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                raw = bytes.fromhex(address)
+                words = [raw[i:i + 4][::-1] for i in range(0, len(raw), 4)]  # little-endian 32-bit words
+                found.append(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, b"".join(words)))
+    return found
 
 
 def fill(page: Page, elem_id: str, value) -> None:
@@ -111,6 +132,7 @@ def run(args) -> dict:
     result: dict = {}
     server = PageProcess(args)
     server.start()
+    result["listening"] = listening_addresses(args.port)
     try:
         drive(args, server, out, images, result)
     finally:
@@ -189,12 +211,12 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
 
         page.click("#tab-export-button")
         result["downloads"] = {}
-        for fmt in FORMATS:
+        for fmt, name in FORMATS.items():
             choose(page, "format", fmt)
             page.click("#export")
-            message = wait_text(page, "exp-message", "wrote", timeout=60_000)
-            name = Path(message.split("wrote ", 1)[1].split()[0]).name
-            expect(page.locator("#download")).to_contain_text(Path(name).stem, timeout=30_000)
+            wait_text(page, "exp-message", f"Exported {name}", timeout=60_000)
+            shown = re.compile(re.escape(Path(name).stem) + r"\s*" + re.escape(Path(name).suffix))  # "x .pt" in the page
+            expect(page.locator("#download")).to_contain_text(shown, timeout=30_000)
             link = page.locator("#download a").first
             with page.expect_download() as download_info:
                 link.click()

@@ -1,0 +1,166 @@
+"""The web page in a real browser: headless Chromium (Debian's package) driven by Playwright (tests/webui_driver.py,
+run with .venv-webui's Python) through a whole session on the tiny model:
+
+upload images, placeholder checked as you type, a short run to the end with its validation grid, a second Start
+refused, the page killed mid-run and restarted (the run went on and is shown), Stop (the trainer saves), Compare,
+Generate, each Export format downloaded, the language switch. The assertions here check the files that session left.
+
+Screenshots of the session land in the test's temporary folder; with PPTI_WEBUI_SCREENSHOTS=DIR they are also
+written (downscaled) to DIR, which is how docs/webui-*.png were made.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DEMO_IMAGES, REPO
+from ppti.embeddings import read_embeddings
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="the browser test needs Debian's Chromium: apt-get install -y chromium")
+DRIVER_TIMEOUT = 900
+TOKEN = "<web-toy>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_leftover_runs(workspace: Path) -> None:
+    """Training runs still going after a failed session (the page starts them in their own process groups)."""
+    for info in workspace.glob("runs/*/webui/run.json"):
+        pid = json.loads(info.read_text())["pid"]
+        if not (info.parent / "exit.json").exists() and Path(f"/proc/{pid}").exists():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def save_screenshots(out: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for shot in sorted(out.glob("webui-*.png")):
+        with Image.open(shot) as image:
+            small = image.convert("RGB")
+            small = small.resize((960, round(small.height * 960 / small.width)), Image.LANCZOS)
+            small.quantize(colors=128).save(target / shot.name, optimize=True)
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    from ppti.tiny import make_tiny_model
+    from ppti_webui import venv
+
+    python = venv.ensure(REPO / "requirements-webui-test.txt")  # the page's own venv, plus Playwright
+    root = tmp_path_factory.mktemp("webui")
+    workspace, out = root / "workspace", root / "out"
+    make_tiny_model(workspace / "models" / "tiny-sd", language="en")
+    out.mkdir()
+    command = [str(python), str(REPO / "tests" / "webui_driver.py"), "--project_python", sys.executable,
+               "--workspace", str(workspace), "--port", str(free_port()), "--images", str(DEMO_IMAGES),
+               "--out", str(out), "--chromium", str(CHROMIUM)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=DRIVER_TIMEOUT, cwd=REPO)
+    finally:
+        kill_leftover_runs(workspace)
+    page_log = (out / "page.log").read_text() if (out / "page.log").exists() else ""
+    assert proc.returncode == 0, f"driver failed:\n{proc.stderr[-4000:]}\n--- page.log ---\n{page_log[-3000:]}"
+    if os.environ.get("PPTI_WEBUI_SCREENSHOTS"):
+        save_screenshots(out, Path(os.environ["PPTI_WEBUI_SCREENSHOTS"]))
+    return json.loads((out / "result.json").read_text()), workspace, out, page_log
+
+
+def test_page_listens_on_loopback_only(session):
+    result, *_ = session
+    assert result["listening"] == ["127.0.0.1"]
+
+
+def test_placeholder_is_checked_as_you_type_by_the_trainer_rules(session):
+    result, *_ = session
+    assert "--placeholder_token 'toy' is already a word of the tokenizer ('toy</w>')" in result["token_refused"]
+    assert result["token_ok"].startswith(f"✔ ok: {TOKEN}: 1 new token(s) in the CLIPTokenizer")
+
+
+def test_short_run_reaches_the_end_and_shows_the_grid(session):
+    result, workspace, *_ = session
+    run = workspace / "runs" / "first"
+    assert result["first_progress"] == "4/4" and "Finished" in result["first_status"]
+    assert json.loads((run / "webui" / "exit.json").read_text()) == {"returncode": 0}
+    assert sorted(p.name for p in (run / "validation").glob("step-*.png")) == ["step-2.png", "step-4.png"]
+    assert sorted(p.name for p in (workspace / "uploads" / "first").iterdir()) == [
+        "00-toy-1.png", "01-toy-2.png", "02-toy-3.png", "03-toy-4.png"]
+    assert "Validation grids by step\nstep 2\nstep 4" in result["gallery_captions"]  # the Compare tab
+
+
+def test_second_start_is_refused_while_a_run_is_going(session):
+    result, workspace, *_ = session
+    assert "a run is in progress (second," in result["second_start_refused"]
+    assert not (workspace / "runs" / "third").exists()
+
+
+def test_killed_page_leaves_the_run_going_and_the_restarted_page_shows_it(session):
+    result, workspace, *_ = session
+    assert result["trainer_alive_after_page_killed"]
+    assert "second · Running" in result["status_after_restart"]
+    assert result["step_after_restart"] > result["step_before_restart"] >= 1  # it trained while no page existed
+    run = workspace / "runs" / "second"
+    assert json.loads((run / "webui" / "exit.json").read_text()) == {"returncode": 130}  # Stop = SIGINT
+    assert "Stopped and saved" in result["second_status"] and "saved learned_embeds.pdparams" in result["second_status"]
+    (embedding,) = read_embeddings(run / "learned_embeds.pdparams")
+    assert embedding.token == TOKEN and np.isfinite(embedding.vectors).all()
+
+
+def test_generate_shows_the_grid(session):
+    result, workspace, *_ = session
+    written = Path(result["generate_message"].split("wrote ", 1)[1].split(":")[0])
+    assert written.parent == workspace / "runs" / "first" / "webui" / "generated"
+    with Image.open(written) as grid:
+        assert grid.size == (2 * 64, 64)  # 2 images at the run's 64 px
+
+
+@pytest.mark.parametrize("fmt, name, token", [
+    ("ppdiffusers .pdparams", "learned_embeds.pdparams", TOKEN),
+    ("diffusers .safetensors", "learned_embeds.safetensors", TOKEN),
+    ("WebUI/ComfyUI .safetensors", "web-toy.safetensors", "web-toy"),
+    ("WebUI .pt", "web-toy.pt", TOKEN),  # (its `name` field keeps the token; WebUI prompts use the file stem)
+])
+def test_each_export_downloads_and_loads(session, fmt, name, token):
+    result, workspace, *_ = session
+    downloaded = Path(result["downloads"][fmt])
+    assert downloaded.name == name
+    (trained,) = read_embeddings(workspace / "runs" / "first" / "learned_embeds.pdparams")
+    (loaded,) = read_embeddings(downloaded)
+    assert loaded.token == token
+    np.testing.assert_array_equal(loaded.vectors, trained.vectors)  # fp32 exports are bit-exact
+
+
+def test_downloaded_pdparams_loads_into_a_ppdiffusers_pipeline(session):
+    from ppdiffusers import StableDiffusionPipeline
+
+    result, workspace, *_ = session
+    pipe = StableDiffusionPipeline.from_pretrained(str(workspace / "models" / "tiny-sd"), safety_checker=None)
+    pipe.load_textual_inversion(result["downloads"]["ppdiffusers .pdparams"])
+    (trained,) = read_embeddings(workspace / "runs" / "first" / "learned_embeds.pdparams")
+    row = pipe.text_encoder.get_input_embeddings().weight.numpy()[pipe.tokenizer.convert_tokens_to_ids(TOKEN)]
+    np.testing.assert_array_equal(row, trained.vectors[0])
+
+
+def test_language_switch_relabels_the_page(session):
+    result, *_ = session
+    assert result["zh_tabs"] == ["训练", "比较", "生成", "导出"]
+
+
+def test_no_traceback_reaches_the_page(session):
+    result, *_ = session
+    assert not any("Traceback" in str(value) for value in result.values())
