@@ -41,6 +41,7 @@ class Workspace:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
         self.runs = self.root / "runs"
+        self.runs.mkdir(exist_ok=True)
         self.uploads = self.root / "uploads"
 
     # ---- paths --------------------------------------------------------------------------------------------

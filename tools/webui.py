@@ -20,6 +20,8 @@ sys.path.insert(0, str(REPO))
 from ppti_webui import venv  # noqa: E402 (standard library only)
 
 LOCAL_HOSTS = ("localhost",)
+# Small training grids (64 px models) are shown enlarged, pixels kept sharp.
+CSS = "#grid img, #generated img {min-width: 50%; object-fit: contain; image-rendering: pixelated}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
     try:
         build(page, args.language).queue(default_concurrency_limit=4).launch(
             server_name=args.host, server_port=args.port, max_file_size="20mb", show_error=False, quiet=True,
-            footer_links=[], mcp_server=False, ssr_mode=False, enable_monitoring=False,
+            footer_links=[], mcp_server=False, ssr_mode=False, enable_monitoring=False, css=CSS,
+            allowed_paths=[str(workspace.runs)],  # grids, generated images and exports (not models or uploads)
         )
     finally:
         tools.close()
