@@ -227,12 +227,15 @@ class Handlers:
         return [(str(p), f"step {s}") for s, p in validation_grids(run_dir)] if run_dir else []
 
     def steps_for(self, lang, name):
+        """The selected run's embeddings (final, saved steps) for the Generate and Export tabs."""
         choices = step_choices(self.selected_dir(name), lang)
         update = gr.update(choices=choices, value=choices[0][1] if choices else None)
-        config = run_config(self.selected_dir(name)) if name and self.selected_dir(name) else {}
-        token = config.get("placeholder_token") or ""
-        return update, gr.update(choices=choices, value=choices[0][1] if choices else None), (
-            f"a photo of a {token}" if token else gr.skip())
+        return update, update
+
+    def prompt_for(self, name):
+        run_dir = self.selected_dir(name)
+        token = run_config(run_dir).get("placeholder_token") if run_dir else None
+        return f"a photo of a {token}" if token else gr.skip()
 
     def embedding_arg(self, lang, name, step) -> tuple[Path, list[str]]:
         run_dir = self.selected_dir(name)
@@ -343,12 +346,14 @@ def build(page: Page, lang: str = "en") -> gr.Blocks:
                                              elem_id="loss", height=220), "loss", lang)
                         grid = L(gr.Image(label=text("grid", lang), type="filepath", interactive=False, height=300,
                                           elem_id="grid"), "grid", lang)
-            with L(gr.Tab(text("tab_compare", lang), id="compare", elem_id="tab-compare"), "tab_compare", lang):
+            with L(gr.Tab(text("tab_compare", lang), id="compare", elem_id="tab-compare"), "tab_compare",
+                   lang) as tab_compare:
                 L(gr.Markdown(text("compare_help", lang)), "compare_help", lang, "value")
                 refresh = L(gr.Button(text("refresh", lang), elem_id="compare-refresh"), "refresh", lang, "value")
                 gallery = L(gr.Gallery(label=text("grids", lang), columns=4, object_fit="contain",
                                        elem_id="gallery"), "grids", lang)
-            with L(gr.Tab(text("tab_generate", lang), id="generate", elem_id="tab-generate"), "tab_generate", lang):
+            with L(gr.Tab(text("tab_generate", lang), id="generate", elem_id="tab-generate"), "tab_generate",
+                   lang) as tab_generate:
                 with gr.Row():
                     with gr.Column():
                         gen_step = L(gr.Dropdown(label=text("step", lang), elem_id="gen-step"), "step", lang)
@@ -375,9 +380,10 @@ def build(page: Page, lang: str = "en") -> gr.Blocks:
                                      "generate", lang, "value")
                         gen_message = gr.Markdown(elem_id="gen-message")
                     with gr.Column():
-                        generated = L(gr.Image(label=text("generated", lang), type="filepath", interactive=False,
+                        generated = L(gr.Image(label=text("generated", lang), type="filepath", interactive=False, height=300,
                                                elem_id="generated"), "generated", lang)
-            with L(gr.Tab(text("tab_export", lang), id="export", elem_id="tab-export"), "tab_export", lang):
+            with L(gr.Tab(text("tab_export", lang), id="export", elem_id="tab-export"), "tab_export",
+                   lang) as tab_export:
                 exp_step = L(gr.Dropdown(label=text("step", lang), elem_id="exp-step"), "step", lang)
                 fmt = L(gr.Radio(list(EXPORT_FORMATS), value=list(EXPORT_FORMATS)[0], label=text("format", lang),
                                  elem_id="format"), "format", lang)
@@ -405,9 +411,11 @@ def build(page: Page, lang: str = "en") -> gr.Blocks:
         timer.tick(h.tick, inputs=[language, run, shown], outputs=tick_outputs, show_progress="hidden")
         demo.load(h.tick, inputs=[language, run, shown], outputs=tick_outputs)
 
-        refresh.click(h.compare, inputs=run, outputs=gallery)
-        run.change(h.compare, inputs=run, outputs=gallery)
-        run.change(h.steps_for, inputs=[language, run], outputs=[gen_step, exp_step, prompt])
+        for event in (refresh.click, run.change, tab_compare.select):
+            event(h.compare, inputs=run, outputs=gallery)
+        for event in (run.change, tab_generate.select, tab_export.select):  # new saved steps appear
+            event(h.steps_for, inputs=[language, run], outputs=[gen_step, exp_step])
+        run.change(h.prompt_for, inputs=run, outputs=prompt)
         generate.click(guarded(h.generate, 2, 1), inputs=[language, run, gen_step, prompt, negative, seed, num_images,
                                                     inference_steps, guidance, gen_height, gen_width],
                        outputs=[generated, gen_message], concurrency_limit=1)

@@ -175,24 +175,22 @@ def check(*args, stdin=None):
 
 
 def test_check_placeholder_uses_the_trainer_rules(tiny_model_en):
-    ok = check("placeholder", "--model", tiny_model_en, "--placeholder_token", "<cat-toy>", "--initializer_token",
-               "toy")
-    assert ok.returncode == 0 and ok.stdout.startswith("ok: <cat-toy>: 1 new token(s) in the CLIPTokenizer")
-    questions = [["placeholder", "--model", str(tiny_model_en), "--placeholder_token", "toy", "--initializer_token",
-                  "toy"],
-                 ["placeholder", "--model", str(tiny_model_en), "--placeholder_token", "a b", "--initializer_token",
-                  "toy"],
-                 ["config", "--pretrained_model_name_or_path", str(tiny_model_en), "--train_data_dir",
-                  str(DEMO_IMAGES), "--placeholder_token", "<x>", "--initializer_token", "toy", "--resolution", "60"],
+    model = str(tiny_model_en)
+    questions = [["placeholder", "--model", model, "--placeholder_token", "<cat-toy>", "--initializer_token", "toy"],
+                 ["placeholder", "--model", model, "--placeholder_token", "toy", "--initializer_token", "toy"],
+                 ["placeholder", "--model", model, "--placeholder_token", "a b", "--initializer_token", "toy"],
+                 ["config", "--pretrained_model_name_or_path", model, "--train_data_dir", str(DEMO_IMAGES),
+                  "--placeholder_token", "<x>", "--initializer_token", "toy", "--resolution", "60"],
                  ["config", "--frobnicate", "1"]]
     served = check("serve", stdin="".join(json.dumps({"argv": q}) + "\n" for q in questions) + "not json\n")
     replies = [json.loads(line) for line in served.stdout.splitlines()]
-    assert [r["returncode"] for r in replies] == [2, 2, 2, 2, 2]
-    assert "is already a word of the tokenizer" in replies[0]["message"]  # the trainer's TokenError text
-    assert "contains white space" in replies[1]["message"]
-    assert "--resolution (used for height) = 60 is not a multiple of 8" in replies[2]["message"]
-    assert "unrecognized arguments: --frobnicate" in replies[3]["message"]
-    assert all(r["message"].startswith("error: ") and "Traceback" not in r["message"] for r in replies)
-    one_shot = check("placeholder", "--model", tiny_model_en, "--placeholder_token", "toy", "--initializer_token",
-                     "toy")
-    assert one_shot.returncode == 2 and one_shot.stderr.strip().splitlines()[-1] == replies[0]["message"]
+    assert [r["returncode"] for r in replies] == [0, 2, 2, 2, 2, 2]
+    assert replies[0]["message"] == ("ok: <cat-toy>: 1 new token(s) in the CLIPTokenizer "
+                                     f"({tiny_model_en / 'tokenizer'}); initializer 'toy' -> ['toy</w>']")
+    assert "is already a word of the tokenizer" in replies[1]["message"]  # the trainer's TokenError text
+    assert "contains white space" in replies[2]["message"]
+    assert "--resolution (used for height) = 60 is not a multiple of 8" in replies[3]["message"]
+    assert "unrecognized arguments: --frobnicate" in replies[4]["message"]
+    assert all(r["message"].startswith("error: ") and "Traceback" not in r["message"] for r in replies[1:])
+    one_shot = check("placeholder", "--model", model, "--placeholder_token", "toy", "--initializer_token", "toy")
+    assert one_shot.returncode == 2 and one_shot.stderr.strip().splitlines()[-1] == replies[1]["message"]

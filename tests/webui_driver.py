@@ -7,7 +7,6 @@ tests/test_webui_browser.py with .venv-webui's Python. Writes OUT/result.json, O
 
 import argparse
 import json
-import os
 import re
 import signal
 import socket
