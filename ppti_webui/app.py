@@ -99,6 +99,12 @@ def step_choices(run_dir: Optional[Path], lang: str) -> list[tuple[str, str]]:
     return finals + [(f"step {s}", str(s)) for s in reversed(saved_steps(run_dir))]
 
 
+def placeholder_question(model: str, placeholder: str, initializer: str, num_vectors) -> list[str]:
+    """tools/check_config.py's arguments for "would the trainer accept these tokens with this model?"."""
+    return ["placeholder", "--model", model, "--placeholder_token", placeholder, "--initializer_token", initializer,
+            "--num_vectors", str(int(num_vectors or 1))]
+
+
 def default_run_name(placeholder: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", placeholder or "").strip("-").lower() or "concept"
     return f"{slug[:40]}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -141,8 +147,7 @@ class Handlers:
             model_arg = self.ws.model(model)
         except WorkspaceError as exc:
             return f"✘ error: {html.escape(str(exc))}"
-        ok, message = self.tools.check(["placeholder", "--model", model_arg, "--placeholder_token", placeholder,
-                                        "--initializer_token", initializer, "--num_vectors", str(int(num_vectors or 1))])
+        ok, message = self.tools.check(placeholder_question(model_arg, placeholder, initializer, num_vectors))
         return ("✔ " if ok else "✘ ") + html.escape(message)
 
     def trainer_args(self, data_dir: Path, model: str, prop: str, placeholder: str, initializer: str, steps, lr,
@@ -186,8 +191,7 @@ class Handlers:
                 config = run_dir / "webui" / "advanced.yaml"
                 config.write_text(yaml.safe_dump(extra, allow_unicode=True), encoding="utf-8")
                 args = ["--config", str(config), *args]
-            for check in (["placeholder", "--model", model_arg, "--placeholder_token", placeholder.strip(),
-                           "--initializer_token", initializer.strip(), "--num_vectors", str(int(num_vectors))],
+            for check in (placeholder_question(model_arg, placeholder.strip(), initializer.strip(), num_vectors),
                           ["config", *args, "--output_dir", str(run_dir)]):
                 ok, message = self.tools.check(check)
                 if not ok:
@@ -380,8 +384,8 @@ def build(page: Page, lang: str = "en") -> gr.Blocks:
                                      "generate", lang, "value")
                         gen_message = gr.Markdown(elem_id="gen-message")
                     with gr.Column():
-                        generated = L(gr.Image(label=text("generated", lang), type="filepath", interactive=False, height=300,
-                                               elem_id="generated"), "generated", lang)
+                        generated = L(gr.Image(label=text("generated", lang), type="filepath", interactive=False,
+                                               height=300, elem_id="generated"), "generated", lang)
             with L(gr.Tab(text("tab_export", lang), id="export", elem_id="tab-export"), "tab_export",
                    lang) as tab_export:
                 exp_step = L(gr.Dropdown(label=text("step", lang), elem_id="exp-step"), "step", lang)

@@ -62,7 +62,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "no_run": ("No run yet: upload images and press Start.", "还没有训练任务：上传图片后点击“开始训练”。"),
     "status_running": ("Running", "训练中"),
     "status_finished": ("Finished", "已完成"),
-    "status_stopped": ("Stopped and saved", "已停止并保存"),
+    "status_stopped": ("Stopped", "已停止"),
     "status_failed": ("Failed", "失败"),
     "status_lost": ("Ended without status", "已结束（无状态）"),
     "step_of": ("step {step}/{total}", "第 {step}/{total} 步"),

@@ -188,7 +188,7 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
         result["step_before_restart"] = step_before
         page.click("#stop")
         result["stop_message"] = wait_text(page, "action", "second", timeout=30_000)
-        result["second_status"] = wait_text(page, "status", "Stopped and saved", timeout=120_000)
+        result["second_status"] = wait_text(page, "status", "second · Stopped", timeout=120_000)
         log(f"second run: {result['second_status']!r}")
 
         # -- compare, generate, export on the first run ---------------------------------------------------------------
@@ -214,7 +214,8 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
             choose(page, "format", fmt)
             page.click("#export")
             wait_text(page, "exp-message", f"Exported {name}", timeout=60_000)
-            shown = re.compile(re.escape(Path(name).stem) + r"\s*" + re.escape(Path(name).suffix))  # "x .pt" in the page
+            # the page shows "web-toy .pt"
+            shown = re.compile(re.escape(Path(name).stem) + r"\s*" + re.escape(Path(name).suffix))
             expect(page.locator("#download")).to_contain_text(shown, timeout=30_000)
             link = page.locator("#download a").first
             with page.expect_download() as download_info:
@@ -227,7 +228,7 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
             log(f"downloaded {target}")
         screenshot(page, out, "export")
 
-        # -- the language switch relabels the same layout ---------------------------------------------------------------
+        # -- the language switch relabels the same layout -----------------------------------------------------------
         choose(page, "language", "中文")
         expect(page.locator("#tab-train-button")).to_have_text("训练", timeout=30_000)
         result["zh_tabs"] = [page.locator(f"#tab-{t}-button").inner_text()
