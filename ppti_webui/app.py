@@ -168,30 +168,30 @@ class Handlers:
 
     def start(self, lang, files, data_dir, model, prop, placeholder, initializer, steps, lr, resolution, height,
               width, num_vectors, validation_prompt, validation_steps, advanced, run_name):
+        """Check everything (the page's rules, then the trainer's own), then start the trainer. A refused Start
+        leaves no files behind."""
         active = self.runs.active()
         if active is not None:  # (checked again under the lock when the process starts)
             raise WorkspaceError(f"a run is in progress ({active.name}, step {active.step}/{active.total}); wait "
                                  "for it or press Stop")
+        placeholder, initializer = (placeholder or "").strip(), (initializer or "").strip()
         name = (run_name or "").strip() or default_run_name(placeholder)
         run_dir = self.ws.new_run_dir(name)
-        if files:
-            data = self.ws.save_uploads([getattr(f, "name", f) for f in files], name)
-        elif (data_dir or "").strip():
-            data = self.ws.resolve(data_dir, "image folder")
-        else:
-            raise WorkspaceError(text("need_images", lang).removeprefix("error: "))
+        extra = parse_advanced_yaml(advanced, self.ws)
         model_arg = self.ws.model(model)
-        args = self.trainer_args(data, model_arg, prop, (placeholder or "").strip(), (initializer or "").strip(),
-                                 steps, lr, resolution, height, width, num_vectors, validation_prompt,
-                                 validation_steps)
-        extra = parse_advanced_yaml(advanced, self.ws, run_dir)
-        (run_dir / "webui").mkdir(parents=True)
+        if not files and not (data_dir or "").strip():
+            raise WorkspaceError(text("need_images", lang).removeprefix("error: "))
+        data = None if files else self.ws.resolve(data_dir, "image folder")
         try:
+            data = data or self.ws.save_uploads([getattr(f, "name", f) for f in files], name)
+            args = self.trainer_args(data, model_arg, prop, placeholder, initializer, steps, lr, resolution, height,
+                                     width, num_vectors, validation_prompt, validation_steps)
+            (run_dir / "webui").mkdir(parents=True)
             if extra:
                 config = run_dir / "webui" / "advanced.yaml"
                 config.write_text(yaml.safe_dump(extra, allow_unicode=True), encoding="utf-8")
                 args = ["--config", str(config), *args]
-            for check in (placeholder_question(model_arg, placeholder.strip(), initializer.strip(), num_vectors),
+            for check in (placeholder_question(model_arg, placeholder, initializer, num_vectors),
                           ["config", *args, "--output_dir", str(run_dir)]):
                 ok, message = self.tools.check(check)
                 if not ok:
@@ -200,6 +200,8 @@ class Handlers:
         except BaseException:
             if not (run_dir / "webui" / "run.json").exists():
                 shutil.rmtree(run_dir, ignore_errors=True)
+                if files:
+                    shutil.rmtree(self.ws.uploads / name, ignore_errors=True)
             raise
         return text("started", lang, name=state.name), gr.update(choices=self.run_names(), value=state.name)
 

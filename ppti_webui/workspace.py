@@ -130,7 +130,7 @@ def check_image(path: Path) -> str:
     return IMAGE_SUFFIXES[fmt]
 
 
-def parse_advanced_yaml(text: str, workspace: Workspace, run_dir: Path) -> dict[str, Any]:
+def parse_advanced_yaml(text: str, workspace: Workspace) -> dict[str, Any]:
     """The "advanced" box: a YAML mapping of trainer flags. Keys the form sets are refused, file keys are resolved
     inside the workspace; the trainer's own --config validation then checks names, types and values."""
     if not (text or "").strip():
@@ -145,7 +145,7 @@ def parse_advanced_yaml(text: str, workspace: Workspace, run_dir: Path) -> dict[
         raise WorkspaceError("advanced YAML: expected a mapping of flag names to values, e.g. 'repeats: 50'")
     clash = sorted(set(data) & set(FORM_KEYS))
     if clash:
-        raise WorkspaceError(f"advanced YAML: {', '.join(clash)} are set in the form above; remove them here")
+        raise WorkspaceError(f"advanced YAML: set {', '.join(clash)} in the form above, not here")
     for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str) and not (key == "resume_from_checkpoint" and value == "latest") and not (

@@ -108,21 +108,20 @@ def test_upload_count_and_size_limits(ws, tmp_path):
 
 # ---- the advanced YAML box -----------------------------------------------------------------------------------
 def test_advanced_yaml_paths_stay_inside(ws, tmp_path):
-    run_dir = ws.runs / "r"
     (ws.root / "t.txt").write_text("a photo of {}\n")
-    data = parse_advanced_yaml("repeats: 5\ntemplates: t.txt\nresume_from_checkpoint: latest\n", ws, run_dir)
+    data = parse_advanced_yaml("repeats: 5\ntemplates: t.txt\nresume_from_checkpoint: latest\n", ws)
     assert data == {"repeats": 5, "templates": str(ws.root / "t.txt"), "resume_from_checkpoint": "latest"}
     for text, words in [
         ("templates: ../outside/secret.txt", "'..' is not allowed"),
         (f"templates: {tmp_path / 'outside' / 'secret.txt'}", "outside the workspace"),
-        ("output_dir: /tmp/elsewhere", "set in the form"),
-        ("train_data_dir: x", "set in the form"),
+        ("output_dir: /tmp/elsewhere", "in the form above"),
+        ("train_data_dir: x", "in the form above"),
         ("logging_dir: ../../x", "inside the run"),
         ("[1, 2]", "expected a mapping"),
         ("a: [", "not valid YAML"),
     ]:
         with pytest.raises(WorkspaceError, match=words):
-            parse_advanced_yaml(text, ws, run_dir)
+            parse_advanced_yaml(text, ws)
 
 
 # ---- the address ---------------------------------------------------------------------------------------------

@@ -92,6 +92,15 @@ def test_page_listens_on_loopback_only(session):
     assert result["listening"] == ["127.0.0.1"]
 
 
+def test_the_page_refuses_paths_outside_non_images_and_form_flags_in_yaml(session):
+    result, workspace, *_ = session
+    assert "image folder ../outside: '..' is not allowed" in result["traversal_refused"]
+    assert "images: holiday.png is not an image the trainer can read" in result["non_image_refused"]
+    assert "advanced YAML: set output_dir in the form above" in result["yaml_refused"]
+    assert not (workspace / "runs" / "refused").exists() and not (workspace / "uploads" / "refused").exists()
+    assert not Path("/tmp/elsewhere").exists()
+
+
 def test_placeholder_is_checked_as_you_type_by_the_trainer_rules(session):
     result, *_ = session
     assert "--placeholder_token 'toy' is already a word of the tokenizer ('toy</w>')" in result["token_refused"]

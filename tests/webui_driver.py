@@ -154,6 +154,23 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
         fill(page, "placeholder", "<web-toy>")
         result["token_ok"] = wait_text(page, "token-check", "new token(s)", timeout=60_000)
 
+        # -- refusals: a path out of the workspace, a file that is not an image, a flag the form owns ---------------
+        fill(page, "run-name", "refused")
+        fill(page, "data-dir", "../outside")
+        page.click("#start")
+        result["traversal_refused"] = wait_text(page, "action", "is not allowed", timeout=60_000)
+        fill(page, "data-dir", "")
+        fake = out / "holiday.png"
+        fake.write_text("not an image, whatever the name says")
+        page.set_input_files("#images input[type=file]", images[:3] + [str(fake)])
+        expect(page.locator("#images")).to_contain_text("holiday", timeout=30_000)
+        page.click("#start")
+        result["non_image_refused"] = wait_text(page, "action", "is not an image", timeout=60_000)
+        fill(page, "advanced", "output_dir: /tmp/elsewhere")
+        page.set_input_files("#images input[type=file]", images)
+        page.click("#start")
+        result["yaml_refused"] = wait_text(page, "action", "in the form above", timeout=60_000)
+
         # -- 1. a short run: progress reaches the end, the grid appears --------------------------------------------
         train_form(page, images, "first", steps=4, validation_steps=2)
         page.click("#start")
