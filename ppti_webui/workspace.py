@@ -124,7 +124,8 @@ def check_image(path: Path) -> str:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, WorkspaceError):
             raise
-        raise WorkspaceError(f"images: {path.name} is not an image the trainer can read ({exc})") from None
+        reason = "unknown format" if isinstance(exc, UnidentifiedImageError) else str(exc).replace(str(path), path.name)
+        raise WorkspaceError(f"images: {path.name} is not an image the trainer can read ({reason})") from None
     if fmt not in IMAGE_SUFFIXES:
         raise WorkspaceError(f"images: {path.name} is a {fmt} image; use JPEG, PNG, WebP or BMP")
     return IMAGE_SUFFIXES[fmt]

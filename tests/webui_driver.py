@@ -106,10 +106,19 @@ def wait_step_above(page: Page, run_name: str, step: int) -> int:
     return int(page.locator("#progress").get_attribute("data-step"))
 
 
+def set_images(page: Page, files: list[str]) -> None:
+    """Replace the uploaded images (the upload box adds to what it holds)."""
+    clear = page.locator("#images").get_by_role("button", name="Clear")
+    if clear.count():
+        clear.first.click()
+        expect(page.locator("#images table")).to_have_count(0, timeout=10_000)
+    page.set_input_files("#images input[type=file]", files)
+    expect(page.locator("#images table tr")).to_have_count(len(files), timeout=60_000)  # uploaded: one row each
+
+
 def train_form(page: Page, images, run_name: str, steps: int, validation_steps: int) -> None:
     if images:
-        page.set_input_files("#images input[type=file]", images)
-        expect(page.locator("#images")).to_contain_text("toy-4", timeout=30_000)
+        set_images(page, images)
     fill(page, "steps", steps)
     fill(page, "lr", 5e-3)
     fill(page, "resolution", 64)
@@ -162,12 +171,10 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
         fill(page, "data-dir", "")
         fake = out / "holiday.png"
         fake.write_text("not an image, whatever the name says")
-        page.set_input_files("#images input[type=file]", images[:3] + [str(fake)])
-        expect(page.locator("#images")).to_contain_text("holiday", timeout=30_000)
+        set_images(page, images[:3] + [str(fake)])
         page.click("#start")
         result["non_image_refused"] = wait_text(page, "action", "is not an image", timeout=60_000)
         fill(page, "advanced", "output_dir: /tmp/elsewhere")
-        page.set_input_files("#images input[type=file]", images)
         page.click("#start")
         result["yaml_refused"] = wait_text(page, "action", "in the form above", timeout=60_000)
 
