@@ -135,6 +135,20 @@ class TrainConfig:
     num_validation_images: int = _f(4, "Number of images generated for each validation prompt.")
     validation_epochs: int = _f(50, "Run validation every X epochs.")
     validation_steps: Optional[int] = _f(None, "Run validation every X steps (in addition to --validation_epochs).")
+    # --- evaluation (see ppti/evaluation/) -------------------------------------------------------------
+    eval_steps: int = _f(
+        100, "Every X steps, log eval/loss: the denoising loss on a frozen evaluation batch (latents, noise, "
+        "timesteps and prompts drawn once from the seed), plus embedding/norm and embedding/drift. 0 disables it.",
+    )
+    eval_batch_size: int = _f(8, "Examples in the frozen evaluation batch.")
+    early_stopping: bool = _f(
+        False, "Stop when eval/loss has converged: the standard deviation of the last --early_stopping_window "
+        "values is below --early_stopping_threshold times their mean. Needs --eval_steps.",
+    )
+    early_stopping_window: int = _f(10, "How many recent eval/loss values --early_stopping looks at.")
+    early_stopping_threshold: float = _f(
+        0.005, "--early_stopping stops when std/mean of the window's eval/loss values is below this."
+    )
     # --- checkpoints -----------------------------------------------------------------------------------
     checkpointing_steps: int = _f(
         500,
@@ -215,7 +229,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 out.append(f"--{name} must be >= 1 (got {value})")
-        for name in ("lr_warmup_steps", "dataloader_num_workers", "checkpointing_steps"):
+        for name in ("lr_warmup_steps", "dataloader_num_workers", "checkpointing_steps", "eval_steps"):
             if getattr(self, name) < 0:
                 out.append(f"--{name} must be >= 0 (got {getattr(self, name)})")
         for name, value in (("height", self.resolved_height), ("width", self.resolved_width)):
@@ -235,8 +249,22 @@ class TrainConfig:
             out.append(f"--adam_weight_decay must be >= 0 (got {self.adam_weight_decay})")
         if self.noise_offset < 0:
             out.append(f"--noise_offset must be >= 0 (got {self.noise_offset})")
+        out += self.evaluation_problems()
         if self.seed is not None and not 0 <= self.seed < 2**32:
             out.append(f"--seed must be in [0, 2**32) (got {self.seed})")
+        return out
+
+
+    def evaluation_problems(self) -> list[str]:
+        out = []
+        if self.eval_batch_size < 1:
+            out.append(f"--eval_batch_size must be >= 1 (got {self.eval_batch_size})")
+        if self.early_stopping and self.eval_steps == 0:
+            out.append("--early_stopping watches eval/loss: give --eval_steps > 0")
+        if self.early_stopping_window < 2:
+            out.append(f"--early_stopping_window must be >= 2 (got {self.early_stopping_window})")
+        if not self.early_stopping_threshold > 0:
+            out.append(f"--early_stopping_threshold must be > 0 (got {self.early_stopping_threshold})")
         return out
 
 

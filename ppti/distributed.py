@@ -120,6 +120,15 @@ def agree_on_step(loss_sum: paddle.Tensor, overflow: paddle.Tensor, signum: int,
     return float(every[:, 0].mean()), bool(every[:, 1].max() > 0), int(every[:, 2].max())
 
 
+def from_main_rank(value: float, ctx: DistContext) -> float:
+    """Rank 0's value on every rank (one broadcast), so decisions taken on it are the same everywhere."""
+    if not ctx.enabled:
+        return value
+    tensor = paddle.to_tensor([value], dtype="float32")
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

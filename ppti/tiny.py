@@ -359,3 +359,48 @@ def make_tiny_model(out_dir, language: str = "en", seed: int = 0, prediction_typ
     _scheduler(prediction_type).save_pretrained(str(out / "scheduler"))
     _write_json(out / "model_index.json", _model_index(pipeline_class, text_encoder_entry, tokenizer_entry))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- tiny CLIP (scoring)
+CLIP_IMAGE_SIZE = 32  # the vision tower's input: 4x4 patches of 8 pixels
+CLIP_PROJECTION = 16
+
+
+def _clip_model(language: str, vocab_size: int):
+    """CLIPModel (en) or paddlenlp's ChineseCLIPModel (zh, zh_en: BERT text tower), 2 layers, 32 wide."""
+    small = dict(hidden_size=TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    vision = dict(image_size=CLIP_IMAGE_SIZE, patch_size=8, **small)
+    if language == "en":
+        from ppdiffusers.transformers import CLIPConfig, CLIPModel
+
+        text = dict(vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+                    **small)
+        return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=CLIP_PROJECTION))
+    from paddlenlp.transformers import ChineseCLIPConfig, ChineseCLIPModel
+
+    text = dict(vocab_size=vocab_size, max_position_embeddings=512, pad_token_id=0, **small)
+    return ChineseCLIPModel(ChineseCLIPConfig(text_config=text, vision_config=vision, projection_dim=CLIP_PROJECTION))
+
+
+def make_tiny_clip(out_dir, language: str = "en", seed: int = 0) -> Path:
+    """Write a tiny random CLIP (text + vision towers, tokenizer, image processor) into `out_dir`, in the layout
+    `CLIPModel`/`CLIPProcessor` (en) or `ChineseCLIPModel`/`ChineseCLIPProcessor` (zh, zh_en) `from_pretrained`
+    reads -- what tools/evaluate.py --clip_model loads. Same arguments -> byte-identical weights."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+    from paddlenlp.transformers import ChineseCLIPImageProcessor, CLIPImageProcessor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab_size = (_write_clip_tokenizer if language == "en" else _write_bert_tokenizer)(out)
+    if language != "en":  # ChineseCLIPProcessor reads a ChineseCLIPTokenizer (a BERT vocab.txt)
+        config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+        _write_json(out / "tokenizer_config.json", {**config, "tokenizer_class": "ChineseCLIPTokenizer",
+                                                    "model_max_length": 52})
+    with _reproducible(seed):
+        model = _clip_model(language, vocab_size)
+    model.save_pretrained(str(out))
+    processor = CLIPImageProcessor if language == "en" else ChineseCLIPImageProcessor
+    processor(size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
+              ).save_pretrained(str(out))
+    return out

@@ -25,6 +25,7 @@ from .determinism import make_deterministic
 from .distributed import (
     DistContext, agree_on_step, barrier, init_distributed, no_sync, report_failures_to_main_rank, wrap_data_parallel,
 )
+from .evaluation import TrainingEvaluation
 from .latents import latent_shape, latent_source, release_vae, vae_needed_after_setup
 from .models import Components, load_components
 from .precision import Precision, cast_vae_for_decoding, prepare_frozen_models, resolve_precision
@@ -63,6 +64,7 @@ class Run:
     templates: list[str]
     language: str
     precision: Precision  # compute dtype of the frozen UNet/VAE; loss scaling for fp16
+    evaluation: Optional[TrainingEvaluation] = None  # eval/loss, embedding norm/drift, early stopping
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     reporter = Reporter(config.report_to, config.logging_path) if ctx.is_main else NullReporter()
     run = Run(config, ctx, seed, components, rows, placeholder_ids, text_encoder, latents, stream, layout,
               max_train_steps, learning_rate, optimizer, lr_scheduler, reporter, templates, language,
-              precision=precision)
+              precision=precision, evaluation=TrainingEvaluation(config, stream, rows, ctx, reporter))
     log.info(summary(run, images.num_images, len(images.skipped)))
     return run
 
@@ -315,6 +317,8 @@ def train_loop(run: Run, start_step: int = 0, stop: Optional[StopRequest] = None
                 save_checkpoint(run, step)
             if run.ctx.is_main and validation_due_at(run, step):
                 validate(run, step)
+            if run.evaluation is not None and run.evaluation.due(step) and evaluate(run, step):
+                break  # --early_stopping
             if stop is not None and stop.stops_now(run.ctx):
                 break
     finally:
@@ -333,6 +337,18 @@ def validate(run: Run, step: int) -> None:
     c = run.config
     run_validation(run.components.pipeline, c.validation_prompts, c.num_validation_images, run.seed,
                    c.resolved_height, c.resolved_width, Path(c.output_dir) / VALIDATION_DIR, step, run.reporter)
+
+
+def evaluate(run: Run, step: int) -> bool:
+    """eval/loss, embedding/norm and embedding/drift (ppti.evaluation); True when --early_stopping ends the run at
+    this step (its embedding is then saved as learned_embeds-steps-N too)."""
+    reason = run.evaluation(step, lambda batch: micro_step_loss(run, batch))
+    if reason is None:
+        return False
+    log.info("%s; stopping at step %d of %d", reason, step, run.max_train_steps)
+    if run.ctx.is_main and step % run.config.save_steps:
+        outputs.save_embeddings(run.config, learned_rows(run), step=step)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,260 @@
+"""Score every saved embedding of a training run (the library side of tools/evaluate.py).
+
+The run is set up once exactly as training set it up (`train.setup` with the run's own train_config.yaml: same
+seed, images, templates and frozen evaluation batch), and the model is loaded once. Each saved file's vectors are
+then written into the trainable rows in place (`PlaceholderEmbedding.rows`), which the pipeline's text encoder
+reads: no reload per file. Per file: the frozen-batch loss (the very number training logged as eval/loss at that
+step), norm and drift, and the two CLIP scores of images rendered with fixed seeds (see ppti.evaluation.clip).
+
+Extra per-file scores (e.g. a judge model that tells whether the concept is in an image) plug in as `judges`:
+callables `(step, {prompt: [images]}) -> {column: value}`; their columns join scores.csv/scores.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .config import TrainConfig, parse_config
+from .evaluation.clip import DEFAULT_CLIP, ClipScorer, EvaluationError, mean_cosine
+from .evaluation.prompts import builtin_prompts, read_prompts_file, without_placeholder
+from .evaluation.scores import Row, recommend, write_tables
+
+log = logging.getLogger("ppti")
+
+EVALUATION_DIR = "evaluation"
+BEST_FILE = "learned_embeds-best.pdparams"
+EMBEDDING_SUFFIXES = (".pdparams", ".safetensors", ".bin", ".pt")  # preferred first when a step has several
+STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)(\.\w+)$")
+FINAL_STEM = "learned_embeds"
+
+Judge = Callable[[int, dict], dict]
+
+
+@dataclass(frozen=True)
+class Settings:
+    run_dir: Path
+    model: str
+    clip_model: Optional[str] = None  # None: DEFAULT_CLIP of the run's language
+    config_file: Optional[Path] = None  # None: run_dir/train_config.yaml
+    train_data_dir: Optional[str] = None  # None: the run's
+    prompts_file: Optional[str] = None
+    num_images: int = 2
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.5
+    seed: Optional[int] = None  # None: the run's seed (as its validation grids)
+    out_dir: Optional[Path] = None  # None: run_dir/evaluation
+    copy_best: bool = False
+    mixed_precision: Optional[str] = None  # None: the run's
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    step: Optional[int]  # None: the final learned_embeds file
+    path: Path
+    vectors: np.ndarray  # (num_vectors, dim)
+
+
+@dataclass(frozen=True)
+class Result:
+    rows: list[Row]
+    recommended: Optional[Row]
+    written: list[Path]
+    seconds_per_file: float
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the run's files and settings
+# ------------------------------------------------------------------------------------------------------------
+def saved_paths(run_dir: Path) -> list[tuple[Optional[int], Path]]:
+    """(step, path) of every learned_embeds-steps-N file by step, then the final learned_embeds file (step None);
+    one file per step, the first of EMBEDDING_SUFFIXES present."""
+    if not run_dir.is_dir():
+        raise EvaluationError(f"RUN_DIR {run_dir}: no such directory; give a training --output_dir")
+    by_step: dict[int, Path] = {}
+    final: Optional[Path] = None
+    for path in sorted(run_dir.iterdir(), key=lambda p: _rank(p.suffix)):
+        match = STEP_FILE.match(path.name)
+        if match and match.group(2) in EMBEDDING_SUFFIXES:
+            by_step.setdefault(int(match.group(1)), path)
+        elif path.stem == FINAL_STEM and path.suffix in EMBEDDING_SUFFIXES and final is None:
+            final = path
+    found = [(step, path) for step, path in sorted(by_step.items())] + ([(None, final)] if final else [])
+    if not found:
+        raise EvaluationError(f"RUN_DIR {run_dir}: no saved embeddings (learned_embeds-steps-N or learned_embeds "
+                              f"with suffix {'/'.join(EMBEDDING_SUFFIXES)}); train with --save_steps N, or point at "
+                              "the run's --output_dir")
+    return found
+
+
+def _rank(suffix: str) -> int:
+    return EMBEDDING_SUFFIXES.index(suffix) if suffix in EMBEDDING_SUFFIXES else len(EMBEDDING_SUFFIXES)
+
+
+def read_saved(paths: Sequence[tuple[Optional[int], Path]], num_vectors: int) -> list[SavedFile]:
+    """Every file read (any format tools/convert.py reads) and checked to hold one embedding of the run's shape."""
+    from .embeddings import read_embeddings
+
+    files = []
+    for step, path in paths:
+        embeddings = read_embeddings(path)
+        if len(embeddings) != 1 or embeddings[0].part is not None:
+            raise EvaluationError(f"{path}: holds {len(embeddings)} embedding(s) "
+                                  f"({', '.join(e.token for e in embeddings)}); expected the run's one embedding")
+        vectors = np.asarray(embeddings[0].vectors, dtype=np.float32).reshape(-1, embeddings[0].vectors.shape[-1])
+        if len(vectors) != num_vectors:
+            raise EvaluationError(f"{path}: {len(vectors)} vector(s), but the run trained --num_vectors "
+                                  f"{num_vectors}; is it from another run?")
+        files.append(SavedFile(step, path, vectors))
+    return files
+
+
+def _resolved(text: str, key: str) -> Optional[str]:
+    match = re.search(rf"^# resolved {key}: (\S+)$", text, flags=re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def run_config(settings: Settings, out_dir: Path) -> TrainConfig:
+    """The run's training config (train_config.yaml, with the seed and language it resolved), pointed at --model and
+    set up to evaluate: nothing logged or written into the run, the VAE kept for rendering."""
+    path = settings.config_file or settings.run_dir / "train_config.yaml"
+    if not Path(path).is_file():
+        raise EvaluationError(f"{path}: no such file; evaluate.py reads the run's settings from the "
+                              "train_config.yaml training writes (give --config FILE with the run's flags otherwise)")
+    config = parse_config(["--config", str(path)])
+    text = Path(path).read_text(encoding="utf-8")
+    seed = config.seed if config.seed is not None else _resolved(text, "seed")
+    if seed is None:
+        raise EvaluationError(f"{path}: no seed (neither 'seed:' nor a '# resolved seed:' line); add the run's "
+                              "seed to the file")
+    return dataclasses.replace(
+        config, pretrained_model_name_or_path=settings.model, seed=int(seed),
+        language=_resolved(text, "language") or config.language,
+        train_data_dir=settings.train_data_dir or config.train_data_dir, output_dir=str(out_dir), report_to="none",
+        validation_prompt=[config.placeholder_token],  # (setup keeps the VAE only when something renders)
+        eval_steps=config.eval_steps or 1, early_stopping=False, gradient_checkpointing=False,
+        enable_xformers_memory_efficient_attention=False, push_to_hub=False, resume_from_checkpoint=None,
+        mixed_precision=settings.mixed_precision or config.mixed_precision,
+    )
+
+
+def training_images(data_dir: str) -> list:
+    """The run's training images, as PIL RGB images (what the image similarity compares with)."""
+    from PIL import Image
+
+    from .data import find_image_files, to_rgb
+
+    images = []
+    for path in find_image_files(Path(data_dir))[0]:
+        try:
+            with Image.open(path) as image:
+                images.append(to_rgb(image))
+        except OSError:
+            continue  # training skipped it too
+    return images
+
+
+# ------------------------------------------------------------------------------------------------------------
+# scoring
+# ------------------------------------------------------------------------------------------------------------
+def evaluate_run(settings: Settings, judges: Sequence[Judge] = ()) -> Result:
+    from tqdm.auto import tqdm
+
+    from .atomic import atomic_path
+    from .distributed import DistContext
+    from .evaluation.drawing import contact_sheet, plot
+    from .evaluation.embedding import drift, norms
+    from .models import load_components
+    from .train import micro_step_loss, setup
+    from .validation import render
+
+    out_dir = settings.out_dir or settings.run_dir / EVALUATION_DIR
+    config = run_config(settings, out_dir)
+    files = read_saved(saved_paths(settings.run_dir), config.num_vectors)  # all checked before any model loads
+    custom_prompts = read_prompts_file(settings.prompts_file) if settings.prompts_file else None
+    clip = ClipScorer(settings.clip_model or DEFAULT_CLIP.get(config.language, DEFAULT_CLIP["en"]))
+
+    components = load_components(config.pretrained_model_name_or_path, config.tokenizer_name)  # the one load
+    quiet = log.level
+    log.setLevel(logging.WARNING)  # setup describes a training run: not what happens here
+    try:
+        run = setup(config, DistContext(), components)
+    finally:
+        log.setLevel(quiet)
+    width = run.rows.rows.shape[1]
+    for f in files:
+        if f.vectors.shape[1] != width:
+            raise EvaluationError(f"{f.path}: an embedding of {f.vectors.shape[1]} dimensions, but the text encoder "
+                                  f"of --model {settings.model} is {width} wide: it was trained for another model. "
+                                  "Pass the --model the run trained on")
+    files = label_final(files, run.max_train_steps)
+    prompts = custom_prompts or builtin_prompts(config.learnable_property, run.language)
+    references = training_images(config.train_data_dir)
+    initial = run.rows.weight.numpy()[run.rows.placeholder_ids].astype(np.float32)
+    reference_features = clip.image_features(references)
+    edit_features = clip.text_features([without_placeholder(p) for p in prompts.edits])
+    seed = settings.seed if settings.seed is not None else run.seed
+    token = config.placeholder_token
+
+    def images_of(template: str) -> list:
+        return render(run.components.pipeline, template.format(token), settings.num_images, seed,
+                      config.resolved_height, config.resolved_width, num_inference_steps=settings.num_inference_steps,
+                      guidance_scale=settings.guidance_scale)
+
+    import paddle
+
+    rows, pictures = [], []
+    started = time.perf_counter()
+    for f in tqdm(files, desc="Saved steps", dynamic_ncols=True):
+        run.rows.rows.set_value(paddle.to_tensor(f.vectors))  # the swap: the pipeline's text encoder reads these rows
+        loss = run.evaluation.frozen.loss(lambda batch: micro_step_loss(run, batch))
+        rendered = {p: images_of(p) for p in [prompts.reconstruction, *prompts.edits]}
+        recon = rendered[prompts.reconstruction]
+        image_similarity = mean_cosine(clip.image_features(recon), reference_features)
+        text_similarity = float(np.mean([mean_cosine(clip.image_features(rendered[p]), edit_features[i:i + 1])
+                                         for i, p in enumerate(prompts.edits)]))
+        extra = {k: v for judge in judges for k, v in judge(f.step, rendered).items()}
+        rows.append(Row(f.step, image_similarity, text_similarity, float(np.float32(loss)),
+                        float(norms(f.vectors).mean()), float(drift(f.vectors, initial).mean()), f.path.name, extra))
+        pictures.append(recon + [rendered[p][0] for p in prompts.edits])
+    seconds_per_file = (time.perf_counter() - started) / len(files)
+
+    recommended = recommend(rows)
+    written = write_tables(out_dir, rows, recommended)
+    for name, image in (("scores.png", plot(rows, recommended)),
+                        ("contact_sheet.png", contact_sheet(rows, pictures, recommended))):
+        with atomic_path(out_dir / name) as tmp:
+            image.save(tmp, format="PNG")
+        written.append(out_dir / name)
+    if settings.copy_best and recommended is not None:
+        written.append(copy_best(settings.run_dir, token, files[rows.index(recommended)].vectors))
+    return Result(rows, recommended, written, seconds_per_file)
+
+
+def label_final(files: list[SavedFile], last_step: int) -> list[SavedFile]:
+    """The final learned_embeds file is dropped when it equals a saved step (scored once, as that step), else it
+    is labelled with the run's last step."""
+    if not files or files[-1].step is not None:
+        return files
+    *steps, final = files
+    if any(np.array_equal(f.vectors, final.vectors) for f in steps):
+        return steps
+    return steps + [dataclasses.replace(final, step=last_step)]
+
+
+def copy_best(run_dir: Path, token: str, vectors: np.ndarray) -> Path:
+    from .embeddings import write_embeddings
+
+    return write_embeddings(run_dir / BEST_FILE, {token: vectors}, fmt="pdparams")
+
+
+def load_line(run_dir: Path, row: Row) -> str:
+    """The line that loads the recommended embedding into a ppdiffusers pipeline."""
+    return f'pipe.load_textual_inversion("{run_dir / row.file}")'

@@ -1,0 +1,118 @@
+"""Score every saved embedding of a training run and recommend the step to use.
+
+    python tools/evaluate.py outputs/demo --model tiny-sd --clip_model tiny-clip
+    python tools/evaluate.py outputs/cat --model runwayml/stable-diffusion-v1-5 --copy_best
+    python tools/evaluate.py outputs/taiyi-style --model models/taiyi --prompts my_prompts.txt
+
+Per learned_embeds-steps-N file (and the final learned_embeds file): image similarity to the training images and
+text similarity to the edit prompts (CLIP), the frozen-batch loss training logs as eval/loss, the embedding's
+norm and drift. Writes RUN_DIR/evaluation/ (or -o): scores.csv, scores.json, scores.png, contact_sheet.png.
+The recommended step is the one closest to having both the best image and the best text similarity (see
+ppti/evaluation/scores.py). --prompts FILE: one prompt per line with {} for the placeholder; the first line is the
+reconstruction prompt, the others are edit prompts.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+# Runnable as `python tools/evaluate.py` from a checkout: put the repo root (holding `ppti/`) first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ppti.config import _looks_like_hub_id as looks_like_hub_id  # noqa: E402 (no Paddle import)
+
+PROG = "evaluate.py"
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        """One line on stderr and exit code 2, like every other refusal of this tool."""
+        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="A training --output_dir.")
+    parser.add_argument("--model", required=True, help="The Stable Diffusion model folder (or Hub id) the run trained.")
+    parser.add_argument("--clip_model", default=None,
+                        help="CLIP folder or Hub id for the similarities: a CLIPModel (ppdiffusers) or ChineseCLIPModel "
+                        "(paddlenlp). Default: openai/clip-vit-base-patch32 for English runs, "
+                        "OFA-Sys/chinese-clip-vit-base-patch16 for Chinese ones.")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="The run's settings (default: RUN_DIR/train_config.yaml, written by training).")
+    parser.add_argument("--train_data_dir", default=None, help="The training images, if they moved since the run.")
+    parser.add_argument("--prompts", default=None, metavar="FILE",
+                        help="Prompts with {} for the placeholder, one per line: reconstruction first, then edits.")
+    parser.add_argument("--num_images", type=int, default=2, help="Images per prompt (seeds seed .. seed+n-1).")
+    parser.add_argument("--num_inference_steps", type=int, default=25, help="Denoising steps per image.")
+    parser.add_argument("--guidance_scale", type=float, default=7.5, help="Classifier-free guidance scale.")
+    parser.add_argument("--seed", type=int, default=None, help="Seed of the first image (default: the run's seed).")
+    parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                        help="Compute dtype of the frozen models (default: the run's).")
+    parser.add_argument("-o", "--output_dir", type=Path, default=None, help="Default: RUN_DIR/evaluation.")
+    parser.add_argument("--copy_best", action="store_true",
+                        help="Also write the recommended step's embedding as RUN_DIR/learned_embeds-best.pdparams.")
+    args = parser.parse_args(argv)
+    problems = []
+    for name in ("num_images", "num_inference_steps"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        problems.append(f"--seed must be in [0, 2**32) (got {args.seed})")
+    if not Path(args.model).exists() and not looks_like_hub_id(args.model):
+        problems.append(f"--model {args.model}: no such directory")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import warnings
+
+    # Import-time noise from Paddle's build tooling, irrelevant here.
+    warnings.filterwarnings("ignore", message="No ccache found")
+    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+    from ppti.config import ConfigError
+    from ppti.data import DataError
+    from ppti.embeddings import EmbeddingFormatError
+    from ppti.evaluate import Settings, evaluate_run, load_line
+    from ppti.evaluation.clip import EvaluationError
+    from ppti.models import ModelError
+    from ppti.reporting import setup_console
+    from ppti.tokens import TokenError
+
+    setup_console(is_main=True)
+    settings = Settings(
+        run_dir=args.run_dir, model=args.model, clip_model=args.clip_model, config_file=args.config,
+        train_data_dir=args.train_data_dir, prompts_file=args.prompts, num_images=args.num_images,
+        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, seed=args.seed,
+        out_dir=args.output_dir, copy_best=args.copy_best, mixed_precision=args.mixed_precision)
+    try:
+        result = evaluate_run(settings)
+    except ModelError as exc:  # the trainer's loader names its own flag
+        print(f"{PROG}: error: {str(exc).replace('--pretrained_model_name_or_path', '--model')}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ConfigError, DataError, EmbeddingFormatError, EvaluationError, TokenError, OSError) as exc:
+        lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")] or [repr(exc)]
+        print(f"{PROG}: error: {' '.join(lines)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{'step':>8} {'image_sim':>10} {'text_sim':>10} {'eval_loss':>10} {'norm':>8} {'drift':>8}  file")
+    for r in result.rows:
+        mark = "  <- recommended" if r is result.recommended else ""
+        print(f"{r.step:>8} {r.image_similarity:>10.4f} {r.text_similarity:>10.4f} {r.eval_loss:>10.5f} "
+              f"{r.norm:>8.4f} {r.drift:>8.4f}  {r.file}{mark}")
+    print(f"{len(result.rows)} file(s), {result.seconds_per_file:.1f} s per file; wrote "
+          + ", ".join(str(p) for p in result.written))
+    if result.recommended is not None:
+        print(f"recommended step: {result.recommended.step}; load it with:\n"
+              f"    {load_line(args.run_dir, result.recommended)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
