@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {str(exc).replace('--pretrained_model_name_or_path', '--model')}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (ConfigError, DataError, EmbeddingFormatError, EvaluationError, TokenError, OSError) as exc:
-        lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")] or [repr(exc)]
+        lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()] or [repr(exc)]
         print(f"{PROG}: error: {' '.join(lines)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{'step':>8} {'image_sim':>10} {'text_sim':>10} {'eval_loss':>10} {'norm':>8} {'drift':>8}  file")

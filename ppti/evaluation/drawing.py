@@ -19,7 +19,7 @@ PANELS = (("image_similarity", "image similarity (higher: more like the training
           ("norm", "embedding norm"))
 COLOURS = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd")
 MARK = "#ff7f0e"
-PANEL_W, PANEL_H, MARGIN = 520, 120, 46
+PANEL_W, PANEL_H, MARGIN = 520, 120, 60
 SCATTER = 300
 
 
@@ -42,7 +42,7 @@ def _line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], steps
                 bottom - (value - low) / (high - low) * (bottom - top))
 
     for value in (low, high):
-        draw.text((left - MARGIN + 2, xy(first, value)[1] - 6), f"{value:.3g}", fill="#555555")
+        draw.text((left - MARGIN + 2, xy(first, value)[1] - 6), f"{value:.4g}", fill="#555555")
     if recommended is not None:
         x = xy(recommended, low)[0]
         for y in range(top, bottom, 6):
@@ -95,7 +95,8 @@ def plot(rows: Sequence[Row], recommended: Optional[Row]) -> Image.Image:
         _line_panel(draw, (MARGIN, top, MARGIN + PANEL_W, top + PANEL_H), steps, [getattr(r, key) for r in rows],
                     label, colour, mark)
     last_bottom = 40 + (len(PANELS) - 1) * (PANEL_H + 30) + PANEL_H
-    draw.text((MARGIN, last_bottom + 4), f"step {steps[0]} ... {steps[-1]}", fill="#555555")
+    draw.text((MARGIN, last_bottom + 4), f"step {steps[0]}", fill="#555555")
+    draw.text((MARGIN + PANEL_W - 60, last_bottom + 4), f"step {steps[-1]}", fill="#555555")
     left = MARGIN + PANEL_W + 40
     _scatter(draw, (left, 40, left + SCATTER, 40 + SCATTER), rows, recommended)
     return image

@@ -1,0 +1,345 @@
+"""Evaluation: the frozen-batch loss during training, embedding norm/drift, early stopping, and tools/evaluate.py.
+
+The tiny models are random, so the CLIP scores mean nothing here: these tests check the mechanics (what is
+computed from what, that one pipeline serves every file, that the rule picks what it documents). Whether the
+recommended step is a good one needs a pretrained world with a judge (see the README)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, train_args
+from ppti.config import ConfigError, parse_config
+from ppti.data import ExampleStream
+from ppti.distributed import DistContext
+from ppti.embeddings import read_embeddings, write_embeddings
+from ppti.evaluation.clip import ClipScorer, EvaluationError, mean_cosine
+from ppti.evaluation.embedding import EmbeddingWatch, drift, norms
+from ppti.evaluation.frozen import FROZEN_EPOCH, FrozenBatch
+from ppti.evaluation.prompts import builtin_prompts, without_placeholder
+from ppti.evaluation.scores import Row, pareto_front, recommend
+from ppti.evaluation.stopping import EarlyStopping
+from ppti.train import train
+
+TOOL = REPO / "tools" / "evaluate.py"
+PROMPT = "a photo of a <demo-toy>"
+
+
+def logged(out_dir: Path, tag: str) -> dict[int, float]:
+    """{step: value} of a scalar in a run's VisualDL log."""
+    from visualdl import LogReader
+
+    (log_file,) = (out_dir / "logs").glob("vdlrecords.*.log")
+    return {int(r.id): float(r.value) for r in LogReader(file_path=str(log_file)).get_data("scalar", tag)}
+
+
+def rows_of(path: Path) -> np.ndarray:
+    (embedding,) = read_embeddings(path)
+    return np.asarray(embedding.vectors, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("evaluate_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool(tool, capsys, *args) -> tuple[int, str, str]:
+    try:
+        code = tool.main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    from ppti.tiny import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_en, tmp_path_factory) -> Path:
+    """4 steps, eval every step (logged to VisualDL), embeddings saved at steps 2 and 4, checkpoint at 2."""
+    out = tmp_path_factory.mktemp("eval") / "run"
+    train(parse_config(train_args(tiny_model_en, REPO / "examples" / "demo_concept", out, save_steps=2,
+                                  eval_steps=1, checkpointing_steps=2, report_to="visualdl")), DistContext())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# during training
+# ------------------------------------------------------------------------------------------------------------
+def _stream(seed: int = 3) -> ExampleStream:
+    prompt_ids = np.arange(12, dtype=np.int64).reshape(3, 4)
+    return ExampleStream(seed=seed, num_images=2, repeats=2, prompt_ids=prompt_ids, latent_shape=(4, 8, 8),
+                         num_train_timesteps=1000)
+
+
+def test_frozen_batch_depends_only_on_the_seed_and_is_never_a_training_example():
+    a, b, other = FrozenBatch(_stream(), 6), FrozenBatch(_stream(), 6), FrozenBatch(_stream(seed=4), 6)
+    assert [c.keys() for c in a.chunks] == [c.keys() for c in b.chunks] and len(a.chunks) == 2  # chunks of 4 + 2
+    for x, y in zip(a.chunks, b.chunks):
+        for key in x:
+            assert np.array_equal(x[key], y[key]), key
+    assert not np.array_equal(a.chunks[0]["noise"], other.chunks[0]["noise"])
+    # the examples of epochs 0..9 (what training draws) share no noise with the frozen batch
+    stream = _stream()
+    training_noise = [stream.example(e, p)["noise"] for e in range(10) for p in range(4)]
+    assert not any(np.array_equal(n, f) for n in training_noise for f in a.chunks[0]["noise"])
+    assert np.array_equal(a.chunks[0]["noise"][0], stream.example(FROZEN_EPOCH, 0)["noise"])
+
+
+def test_eval_loss_norm_and_drift_are_logged_and_match_the_saved_rows(run_dir, tiny_model_en):
+    loss = logged(run_dir, "eval/loss")
+    assert sorted(loss) == [1, 2, 3, 4] and all(np.isfinite(list(loss.values())))
+    assert len(set(loss.values())) == 4  # the embedding changed, so did the loss on the same batch
+    norm, moved = logged(run_dir, "embedding/norm"), logged(run_dir, "embedding/drift")
+    for step in (2, 4):
+        rows = rows_of(run_dir / f"learned_embeds-steps-{step}.pdparams")
+        assert norm[step] == pytest.approx(float(norms(rows).mean()), rel=1e-6)
+    assert 0 < moved[1] < moved[4]  # drifts away from the initializer 'toy'
+
+
+def test_eval_loss_after_resume_equals_the_uninterrupted_run(run_dir, tiny_model_en, demo_images, tmp_path):
+    resumed = tmp_path / "resumed"
+    train(parse_config(train_args(tiny_model_en, demo_images, resumed, save_steps=2, eval_steps=1,
+                                  report_to="visualdl",
+                                  resume_from_checkpoint=run_dir / "checkpoints" / "checkpoint-2")), DistContext())
+    whole = logged(run_dir, "eval/loss")
+    assert logged(resumed, "eval/loss") == {3: whole[3], 4: whole[4]}
+
+
+def test_early_stopping_stops_saves_the_embedding_and_says_why(tiny_model_en, demo_images, tmp_path, capsys):
+    out = tmp_path / "early"
+    train(parse_config(train_args(tiny_model_en, demo_images, out, max_train_steps=20, eval_steps=2,
+                                  early_stopping=True, early_stopping_window=2, early_stopping_threshold=0.5,
+                                  save_steps=100)), DistContext())
+    console = capsys.readouterr().err  # (the ppti logger writes to the console, not through logging's root)
+    assert "--early_stopping: eval/loss has converged: its last 2 values (steps 2-4)" in console
+    assert "stopping at step 4 of 20" in console
+    assert np.array_equal(rows_of(out / "learned_embeds.pdparams"), rows_of(out / "learned_embeds-steps-4.pdparams"))
+
+
+def test_early_stopping_rule():
+    rule = EarlyStopping(window=3, threshold=0.01)
+    assert [rule.update(s, v) for s, v in ((1, 1.0), (2, 0.8))] == [None, None]  # window not full yet
+    assert rule.update(3, 0.7) is None  # std/mean = 0.12
+    assert rule.update(4, 0.70) is None  # (0.8, 0.7, 0.7): 0.066
+    reason = rule.update(5, 0.705)  # (0.7, 0.7, 0.705): 0.0034 < 0.01
+    assert reason is not None and "steps 3-5" in reason
+
+
+@pytest.fixture
+def ppti_log(caplog):
+    """caplog for the ppti logger (which does not propagate to the root logger)."""
+    logger = logging.getLogger("ppti")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_embedding_warnings_name_the_cause_and_print_the_vocabulary_median(ppti_log):
+    caplog = ppti_log
+    class Scalars:
+        def __init__(self):
+            self.logged = {}
+
+        def scalar(self, tag, value, step):
+            self.logged[(tag, step)] = value
+
+    initial = np.array([[0.3, 0.4], [0.0, 0.5]], dtype=np.float32)  # norms 0.5 and 0.5
+    scalars = Scalars()
+    watch = EmbeddingWatch(initial, median_norm=0.5, reporter=scalars, warn=True)
+    with caplog.at_level(logging.WARNING, logger="ppti"):
+        watch.update(initial + 1e-6, step=10)
+        assert "barely moved" in caplog.text and "--learning_rate" in caplog.text
+        caplog.clear()
+        big = initial * 4  # norm 2.0 = 4x the median
+        watch.update(big, step=20)
+        assert "4.0x the vocabulary's median norm 0.5" in caplog.text
+        caplog.clear()
+        watch.update(big, step=30)
+        assert caplog.text == ""  # each warning once
+    assert scalars.logged[("embedding/norm", 20)] == pytest.approx(2.0)
+    assert scalars.logged[("embedding/drift", 20)] == pytest.approx(0.0, abs=1e-7)  # same direction
+    assert scalars.logged[("embedding/norm/1", 20)] == pytest.approx(2.0)
+    assert drift(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))[0] == pytest.approx(1.0)
+
+
+def test_evaluation_flags_are_validated():
+    base = ["--pretrained_model_name_or_path", "m", "--train_data_dir", "d", "--placeholder_token", "<x>",
+            "--initializer_token", "toy"]
+    with pytest.raises(ConfigError, match="--early_stopping watches eval/loss: give --eval_steps > 0"):
+        parse_config(base + ["--early_stopping", "--eval_steps", "0"])
+    with pytest.raises(ConfigError, match="--eval_batch_size must be >= 1"):
+        parse_config(base + ["--eval_batch_size", "0"])
+    with pytest.raises(ConfigError, match="--early_stopping_window must be >= 2"):
+        parse_config(base + ["--early_stopping_window", "1"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the recommendation rule
+# ------------------------------------------------------------------------------------------------------------
+def _row(step, image, text):
+    return Row(step, image, text, eval_loss=0.1, norm=0.4, drift=0.1, file=f"learned_embeds-steps-{step}.pdparams")
+
+
+def test_recommendation_is_the_step_closest_to_the_ideal_corner():
+    # image similarity rises, text similarity falls (over-fitting); step 300 is the knee.
+    rows = [_row(100, 0.60, 0.300), _row(200, 0.70, 0.296), _row(300, 0.74, 0.285), _row(400, 0.80, 0.250),
+            _row(500, 0.82, 0.200), _row(600, 0.70, 0.250)]  # 600: beaten by 200 on both scores
+    # scaled image (0, .45, .64, .91, 1, .45), text (1, .96, .85, .5, 0, .5): distances to (1, 1)
+    # (1, .55, .39, .51, 1, .74) -> 300
+    assert recommend(rows).step == 300
+    # not what a single score, or the raw sum, would pick
+    assert max(rows, key=lambda r: r.image_similarity).step == 500
+    assert max(rows, key=lambda r: r.text_similarity).step == 100
+    assert max(rows, key=lambda r: r.image_similarity + r.text_similarity).step == 400
+    assert [r.step for r in pareto_front(rows)] == [100, 200, 300, 400, 500]
+    # ties go to the earlier step; one row recommends itself
+    assert recommend([_row(2, 0.5, 0.1), _row(1, 0.1, 0.5)]).step == 1
+    assert recommend([_row(7, 0.5, 0.5)]).step == 7
+
+
+# ------------------------------------------------------------------------------------------------------------
+# tools/evaluate.py
+# ------------------------------------------------------------------------------------------------------------
+def test_tiny_clip_scores_are_cosines_of_the_model_features(tiny_clip, demo_images):
+    import paddle
+    from PIL import Image
+    from ppdiffusers.transformers import CLIPModel
+
+    scorer = ClipScorer(str(tiny_clip))
+    images = [Image.open(p).convert("RGB") for p in sorted(demo_images.iterdir())[:2]]
+    a, b = scorer.image_features(images)
+    assert mean_cosine(a[None], a[None]) == pytest.approx(1.0, abs=1e-6)
+    model = CLIPModel.from_pretrained(str(tiny_clip))
+    pixels = scorer.processor(images=images, return_tensors="pd")["pixel_values"]
+    with paddle.no_grad():
+        raw = model.get_image_features(pixel_values=pixels).numpy()
+    expected = raw[0] @ raw[1] / np.linalg.norm(raw[0]) / np.linalg.norm(raw[1])
+    assert mean_cosine(a[None], b[None]) == pytest.approx(float(expected), abs=1e-6)
+    assert without_placeholder("a photo of a {} on the beach") == "a photo of a on the beach"
+    assert without_placeholder("海边沙滩上的{}") == "海边沙滩上的"
+    assert builtin_prompts("style", "zh").reconstruction == "一幅{}风格的画"
+    assert len(builtin_prompts("object", "zh_en").edits) == 8  # English and Chinese edits
+
+
+def test_evaluate_scores_every_saved_step_with_one_pipeline_load(tool, capsys, monkeypatch, run_dir, tiny_model_en,
+                                                                 tiny_clip, demo_images, tmp_path):
+    from ppdiffusers import DiffusionPipeline
+
+    original = DiffusionPipeline.from_pretrained.__func__
+    loads = []
+
+    def counting(cls, *args, **kwargs):
+        loads.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(counting))
+    out = tmp_path / "scores"
+    code, stdout, stderr = run_tool(tool, capsys, run_dir, "--model", tiny_model_en, "--clip_model", tiny_clip,
+                                    "--num_images", 1, "--num_inference_steps", 2, "-o", out, "--copy_best")
+    assert code == 0, stderr[-2000:]
+    assert loads == [str(tiny_model_en)]  # one pipeline for every file
+    monkeypatch.undo()
+    scores = json.loads((out / "scores.json").read_text())
+    rows = scores["rows"]
+    # steps 2 and 4; the final learned_embeds equals step 4 and is not scored twice
+    assert [r["step"] for r in rows] == [2, 4]
+    assert set(rows[0]) == {"step", "image_similarity", "text_similarity", "eval_loss", "norm", "drift", "file"}
+    # the frozen-batch loss is the very number training logged at that step: same batch, swapped-in rows
+    loss = logged(run_dir, "eval/loss")
+    assert [r["eval_loss"] for r in rows] == pytest.approx([loss[2], loss[4]], rel=1e-6)
+    assert rows[0]["eval_loss"] != rows[1]["eval_loss"]
+    for r in rows:
+        vectors = rows_of(run_dir / r["file"])
+        assert r["norm"] == pytest.approx(float(norms(vectors).mean()), rel=1e-6)
+    # the recommendation follows the rule; --copy_best writes it; the line to load it is printed
+    recommended = recommend([Row(**r) for r in rows])
+    assert scores["recommended_step"] == recommended.step
+    assert np.array_equal(rows_of(run_dir / "learned_embeds-best.pdparams"), rows_of(run_dir / recommended.file))
+    assert f'pipe.load_textual_inversion("{run_dir / recommended.file}")' in stdout
+    csv_lines = (out / "scores.csv").read_text().splitlines()
+    assert csv_lines[0] == "step,image_similarity,text_similarity,eval_loss,norm,drift,file" and len(csv_lines) == 3
+    from PIL import Image
+
+    with Image.open(out / "contact_sheet.png") as sheet:  # 2 rows (steps) x (1 reconstruction + 4 edit) images
+        assert sheet.size == (5 * 64, 2 * 64)
+    with Image.open(out / "scores.png") as plot:
+        assert plot.size[0] > 500
+
+    # the scores of step 2, recomputed from a fresh pipeline that loads the file the ordinary way
+    from ppti.evaluate import training_images
+    from ppti.generate import load_into
+    from ppti.models import load_components
+    from ppti.validation import render
+
+    pipeline = load_components(str(tiny_model_en)).pipeline
+    load_into(pipeline, read_embeddings(run_dir / "learned_embeds-steps-2.pdparams"))
+    prompts = builtin_prompts("object", "en")
+    scorer = ClipScorer(str(tiny_clip))
+
+    def features(template):
+        return scorer.image_features(render(pipeline, template.format("<demo-toy>"), 1, 7, 64, 64,
+                                            num_inference_steps=2))
+
+    references = scorer.image_features(training_images(str(demo_images)))
+    assert rows[0]["image_similarity"] == pytest.approx(mean_cosine(features(prompts.reconstruction), references),
+                                                        abs=1e-5)
+    text = np.mean([mean_cosine(features(e), scorer.text_features([without_placeholder(e)])) for e in prompts.edits])
+    assert rows[0]["text_similarity"] == pytest.approx(float(text), abs=1e-5)
+
+
+def test_evaluate_reads_files_converted_from_pytorch(tool, capsys, run_dir, tiny_model_en, tiny_clip, tmp_path):
+    """The steps as diffusers .safetensors and a WebUI .pt (what tools/convert.py reads), no .pdparams."""
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    shutil.copy(run_dir / "train_config.yaml", converted)
+    write_embeddings(converted / "learned_embeds-steps-2.safetensors",
+                     {"<demo-toy>": rows_of(run_dir / "learned_embeds-steps-2.pdparams")}, fmt="diffusers")
+    write_embeddings(converted / "learned_embeds-steps-4.pt",
+                     {"demo": rows_of(run_dir / "learned_embeds-steps-4.pdparams")}, fmt="pt", step=4)
+    code, _, stderr = run_tool(tool, capsys, converted, "--model", tiny_model_en, "--clip_model", tiny_clip,
+                               "--num_images", 1, "--num_inference_steps", 1)
+    assert code == 0, stderr[-2000:]
+    rows = json.loads((converted / "evaluation" / "scores.json").read_text())["rows"]
+    loss = logged(run_dir, "eval/loss")
+    assert [(r["step"], r["file"]) for r in rows] == [(2, "learned_embeds-steps-2.safetensors"),
+                                                      (4, "learned_embeds-steps-4.pt")]
+    assert [r["eval_loss"] for r in rows] == pytest.approx([loss[2], loss[4]], rel=1e-6)
+
+
+def test_evaluate_refusals_are_one_line_errors(tool, capsys, run_dir, tiny_model_en, tiny_clip, tmp_path):
+    def refused(*args) -> str:
+        code, _, stderr = run_tool(tool, capsys, *args)
+        assert code == 2, stderr
+        lines = [line for line in stderr.splitlines() if "evaluate.py: error" in line]
+        assert len(lines) == 1 and "Traceback" not in stderr, stderr
+        return lines[0]
+
+    common = ["--model", tiny_model_en, "--clip_model", tiny_clip, "--num_images", 1, "--num_inference_steps", 1]
+    assert "--clip_model nowhere: no such directory" in refused(run_dir, *common, "--clip_model", "nowhere")
+    assert "(it is a Stable Diffusion pipeline folder)" in refused(run_dir, *common, "--clip_model", tiny_model_en)
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    shutil.copy(run_dir / "train_config.yaml", empty)
+    assert "no saved embeddings" in refused(empty, *common) and "--save_steps" in refused(empty, *common)
+    other = tmp_path / "other-encoder"
+    other.mkdir()
+    shutil.copy(run_dir / "train_config.yaml", other)
+    write_embeddings(other / "learned_embeds-steps-1.pdparams", {"<demo-toy>": np.ones((1, 768), np.float32)})
+    message = refused(other, *common)
+    assert "768 dimensions" in message and "32 wide" in message and "Pass the --model the run trained on" in message
