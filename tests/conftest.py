@@ -37,6 +37,14 @@ def tiny_model_zh_en(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd-zh-en", language="zh_en")
 
 
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny random CLIPModel folder (text + vision towers) for tools/evaluate.py --clip_model."""
+    from ppti.tiny import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
 @pytest.fixture
 def demo_images() -> Path:
     return DEMO_IMAGES

@@ -88,16 +88,18 @@ def assert_same_update(rows: np.ndarray, expected: np.ndarray, initial: np.ndarr
 
 
 def files_under(directory: Path) -> list[str]:
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.parent.name != "logs")
 
 
 # ------------------------------------------------------------------------------------------------------------
 # launched
 # ------------------------------------------------------------------------------------------------------------
-def test_two_ranks_train_like_one_process_with_the_same_global_batch(tiny_model_en, demo_images, tmp_path):
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(tiny_model_en, tiny_clip, demo_images,
+                                                                     tmp_path):
     """2 ranks x batch 1 x accumulation 2 (+ gradient checkpointing) == 1 process x batch 2 x accumulation 2."""
     steps = 2
     common = dict(num_vectors=2, max_train_steps=steps, gradient_accumulation_steps=2, scale_lr=True,
+                  eval_steps=1, report_to="visualdl",  # eval/loss on the frozen batch at every step
                   **SCALE_SENSITIVE_ADAM)  # --scale_lr: x 4 = accumulation 2 x batch 1 x 2 cards = 2 x batch 2
     two, dumps, logs = tmp_path / "two-ranks", tmp_path / "rank-rows", tmp_path / "launch-log"
     dumps.mkdir()
@@ -117,8 +119,19 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(tiny_model_
     assert np.array_equal(rank0, saved_rows(two))
     assert_same_update(rank0, saved_rows(tmp_path / "one"), initial_rows(tiny_model_en, one_config))
 
-    # one set of output files, the same set a single process writes
+    # one set of output files, the same set a single process writes (VisualDL names its log by the time)
     assert files_under(two) == files_under(tmp_path / "one")
+
+    # the frozen evaluation batch is the same for 1 and 2 processes: the same eval/loss for the same rows; and
+    # tools/evaluate.py, in one process, recomputes the 2-rank run's logged values from its saved files
+    from ppti.evaluate import Settings, evaluate_run
+    from test_evaluation import logged
+
+    eval_two, eval_one = logged(two, "eval/loss"), logged(tmp_path / "one", "eval/loss")
+    assert sorted(eval_two) == [1, 2]
+    assert [eval_two[s] for s in (1, 2)] == pytest.approx([eval_one[s] for s in (1, 2)], rel=1e-5)
+    result = evaluate_run(Settings(two, str(tiny_model_en), str(tiny_clip), num_images=1, num_inference_steps=1))
+    assert [r.eval_loss for r in result.rows] == pytest.approx([eval_two[steps]], rel=1e-6)
 
     # Paddle's reducer: one group holding one tensor of num_vectors x dim values, all-reduced once per optimizer
     # step (not on the accumulation micro-steps)

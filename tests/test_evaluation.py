@@ -63,13 +63,6 @@ def run_tool(tool, capsys, *args) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> Path:
-    from ppti.tiny import make_tiny_clip
-
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
-
-
-@pytest.fixture(scope="module")
 def run_dir(tiny_model_en, tmp_path_factory) -> Path:
     """4 steps, eval every step (logged to VisualDL), embeddings saved at steps 2 and 4, checkpoint at 2."""
     out = tmp_path_factory.mktemp("eval") / "run"
