@@ -229,7 +229,7 @@ def evaluate_run(settings: Settings, judges: Sequence[Judge] = ()) -> Result:
     recommended = recommend(rows)
     written = write_tables(out_dir, rows, recommended)
     for name, image in (("scores.png", plot(rows, recommended)),
-                        ("contact_sheet.png", contact_sheet(rows, pictures, recommended))):
+                        ("contact_sheet.png", contact_sheet(rows, pictures, settings.num_images, recommended))):
         with atomic_path(out_dir / name) as tmp:
             image.save(tmp, format="PNG")
         written.append(out_dir / name)

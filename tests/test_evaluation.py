@@ -2,7 +2,7 @@
 
 The tiny models are random, so the CLIP scores mean nothing here: these tests check the mechanics (what is
 computed from what, that one pipeline serves every file, that the rule picks what it documents). Whether the
-recommended step is a good one needs a pretrained world with a judge (see the README)."""
+recommended step is a good one needs a pretrained model and a judge of the concept; not tested here."""
 
 from __future__ import annotations
 
@@ -269,8 +269,8 @@ def test_evaluate_scores_every_saved_step_with_one_pipeline_load(tool, capsys, m
     assert csv_lines[0] == "step,image_similarity,text_similarity,eval_loss,norm,drift,file" and len(csv_lines) == 3
     from PIL import Image
 
-    with Image.open(out / "contact_sheet.png") as sheet:  # 2 rows (steps) x (1 reconstruction + 4 edit) images
-        assert sheet.size == (5 * 64, 2 * 64)
+    with Image.open(out / "contact_sheet.png") as sheet:  # header + 2 rows (steps) x (1 reconstruction + 4 edits)
+        assert sheet.size == (5 * 64, 14 + 2 * 64)
     with Image.open(out / "scores.png") as plot:
         assert plot.size[0] > 500
 

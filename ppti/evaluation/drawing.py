@@ -2,7 +2,8 @@
 
     plot           the scores against the step, one panel per score, the recommended step marked; beside them the
                    image/text similarity of every step with the Pareto front and the recommendation
-    contact sheet  one row per saved step: the reconstruction images, then one image per edit prompt
+    contact sheet  one row per saved step: the reconstruction images, then one image per edit prompt (first
+                   seed); the recommended step is starred
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ COLOURS = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd")
 MARK = "#ff7f0e"
 PANEL_W, PANEL_H, MARGIN = 520, 120, 60
 SCATTER = 300
+HEADER_H = 14  # the contact sheet's column names
 
 
 def _axes_range(values: Sequence[float]) -> tuple[float, float]:
     low, high = min(values), max(values)
     pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
     return low - pad, high + pad
+
+
+def _labels(low: float, high: float) -> tuple[str, str]:
+    """The axis ends with just enough significant digits to tell them apart (at most 7)."""
+    for digits in range(3, 8):
+        texts = f"{low:.{digits}g}", f"{high:.{digits}g}"
+        if texts[0] != texts[1]:
+            break
+    return texts
 
 
 def _line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], steps: list[int], values: list[float],
@@ -41,8 +52,8 @@ def _line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], steps
         return (left + (step - first) / (last - first) * (right - left - 20) + 10,
                 bottom - (value - low) / (high - low) * (bottom - top))
 
-    for value in (low, high):
-        draw.text((left - MARGIN + 2, xy(first, value)[1] - 6), f"{value:.4g}", fill="#555555")
+    for value, text in zip((low, high), _labels(low, high)):
+        draw.text((left - MARGIN + 2, xy(first, value)[1] - 6), text, fill="#555555")
     if recommended is not None:
         x = xy(recommended, low)[0]
         for y in range(top, bottom, 6):
@@ -102,14 +113,25 @@ def plot(rows: Sequence[Row], recommended: Optional[Row]) -> Image.Image:
     return image
 
 
-def contact_sheet(rows: Sequence[Row], images: Sequence[Sequence[Image.Image]],
+def contact_sheet(rows: Sequence[Row], images: Sequence[Sequence[Image.Image]], num_reconstruction: int,
                   recommended: Optional[Row]) -> Image.Image:
-    """images[i]: the pictures of rows[i] (reconstruction images, then one per edit prompt), one sheet row each."""
+    """images[i]: the pictures of rows[i] (the reconstruction images, then one per edit prompt), one sheet row
+    each, under a header naming the columns; the recommended step is starred."""
     from ..generate import labelled
     from ..validation import image_grid
 
     sheet = []
     for row, pictures in zip(rows, images):
-        star = " (recommended)" if recommended is not None and row.step == recommended.step else ""
+        star = " *" if recommended is not None and row.step == recommended.step else ""
         sheet.append([labelled(pictures[0], f"step {row.step}{star}")] + list(pictures[1:]))
-    return image_grid(sheet)
+    grid = image_grid(sheet)
+    width = grid.size[0] // max(len(p) for p in images)
+    header = Image.new("RGB", (grid.size[0], HEADER_H), "white")
+    draw = ImageDraw.Draw(header)
+    for column in range(len(images[0])):
+        name = "recon" if column < num_reconstruction else f"edit {column - num_reconstruction + 1}"
+        draw.text((column * width + 2, 2), name, fill="black")
+    out = Image.new("RGB", (grid.size[0], grid.size[1] + HEADER_H), "white")
+    out.paste(header, (0, 0))
+    out.paste(grid, (0, HEADER_H))
+    return out
