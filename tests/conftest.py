@@ -74,3 +74,23 @@ def run_entry(args: list[str], timeout: int = 300, **kwargs) -> subprocess.Compl
     """train_textual_inversion.py in a subprocess, exactly as a user runs it."""
     return subprocess.run([sys.executable, str(ENTRY), *args], capture_output=True, text=True, cwd=REPO,
                           timeout=timeout, **kwargs)
+
+
+def load_tool(path: Path):
+    """A tools/*.py script as a module, to call its main() in-process (no interpreter start-up per case)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool(tool, capsys, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a tool's main()."""
+    try:
+        code = tool.main([str(a) for a in args])
+    except SystemExit as exc:  # argparse refusals exit
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

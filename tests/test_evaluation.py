@@ -6,7 +6,6 @@ recommended step is a good one needs a pretrained model and a judge of the conce
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, train_args
+from conftest import REPO, load_tool, run_tool, train_args
 from ppti.config import ConfigError, parse_config
 from ppti.data import ExampleStream
 from ppti.distributed import DistContext
@@ -47,19 +46,7 @@ def rows_of(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("evaluate_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_tool(tool, capsys, *args) -> tuple[int, str, str]:
-    try:
-        code = tool.main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return load_tool(TOOL)
 
 
 @pytest.fixture(scope="module")

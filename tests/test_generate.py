@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, train_args
+from conftest import REPO, load_tool, run_tool, train_args
 from ppti.config import parse_config
 from ppti.distributed import DistContext
 from ppti.embeddings import read_embeddings, write_embeddings
@@ -28,21 +27,8 @@ def generate(*args, timeout: int = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tool():
-    """tools/generate.py as a module, to call its main() in-process (no interpreter start-up per case)."""
-    spec = importlib.util.spec_from_file_location("generate_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_tool(tool, capsys, *args) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of the tool's main()."""
-    try:
-        code = tool.main([str(a) for a in args])
-    except SystemExit as exc:  # argparse refusals exit
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    """tools/generate.py as a module, to call its main() in-process."""
+    return load_tool(TOOL)
 
 
 def pixels(path) -> np.ndarray:

@@ -19,23 +19,13 @@ from pathlib import Path
 # Runnable as `python tools/evaluate.py` from a checkout: put the repo root (holding `ppti/`) first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ppti.config import _looks_like_hub_id as looks_like_hub_id  # noqa: E402 (no Paddle import)
+from ppti.tool_cli import EXIT_BAD_INPUT, quiet_build_warnings, render_problems, tool_parser  # noqa: E402
 
 PROG = "evaluate.py"
-EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        """One line on stderr and exit code 2, like every other refusal of this tool."""
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser = tool_parser(PROG, __doc__)
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="A training --output_dir.")
     parser.add_argument("--model", required=True, help="The Stable Diffusion model folder (or Hub id) the run trained.")
     parser.add_argument("--clip_model", default=None,
@@ -57,14 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--copy_best", action="store_true",
                         help="Also write the recommended step's embedding as RUN_DIR/learned_embeds-best.pdparams.")
     args = parser.parse_args(argv)
-    problems = []
-    for name in ("num_images", "num_inference_steps"):
-        if getattr(args, name) < 1:
-            problems.append(f"--{name} must be >= 1 (got {getattr(args, name)})")
-    if args.seed is not None and not 0 <= args.seed < 2**32:
-        problems.append(f"--seed must be in [0, 2**32) (got {args.seed})")
-    if not Path(args.model).exists() and not looks_like_hub_id(args.model):
-        problems.append(f"--model {args.model}: no such directory")
+    problems = render_problems(args, positive=("num_images", "num_inference_steps"))
     if problems:
         parser.error("; ".join(problems))
     return args
@@ -72,11 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import warnings
-
-    # Import-time noise from Paddle's build tooling, irrelevant here.
-    warnings.filterwarnings("ignore", message="No ccache found")
-    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+    quiet_build_warnings()
     from ppti.config import ConfigError
     from ppti.data import DataError
     from ppti.embeddings import EmbeddingFormatError

@@ -19,23 +19,13 @@ from pathlib import Path
 # Runnable as `python tools/generate.py` from a checkout: put the repo root (holding `ppti/`) first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ppti.config import _looks_like_hub_id as looks_like_hub_id  # noqa: E402 (no Paddle import)
+from ppti.tool_cli import EXIT_BAD_INPUT, quiet_build_warnings, render_problems, tool_parser  # noqa: E402
 
 PROG = "generate.py"
-EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        """One line on stderr and exit code 2, like every other refusal of this tool."""
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser = tool_parser(PROG, __doc__)
     parser.add_argument("--model", required=True, help="Stable Diffusion model folder (or Hub id) to render with.")
     parser.add_argument("--embeddings", nargs="+", type=Path, default=[], metavar="FILE_OR_DIR",
                         help="Embedding files or training output_dirs to load (several: all are loaded).")
@@ -58,17 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     problems = []
     if not args.embeddings and args.steps_sweep is None:
         problems.append("give --embeddings FILE_OR_DIR and/or --steps_sweep DIR")
-    for name in ("num_images", "steps"):
-        if getattr(args, name) < 1:
-            problems.append(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    problems += render_problems(args, positive=("num_images", "steps"))
     for name in ("height", "width"):
         value = getattr(args, name)
         if value is not None and (value < 8 or value % 8):
             problems.append(f"--{name} {value} is not a positive multiple of 8 (the VAE downsamples by 8)")
-    if args.seed is not None and not 0 <= args.seed < 2**32:
-        problems.append(f"--seed must be in [0, 2**32) (got {args.seed})")
-    if not Path(args.model).exists() and not looks_like_hub_id(args.model):
-        problems.append(f"--model {args.model}: no such directory")
     if problems:
         parser.error("; ".join(problems))
     return args
@@ -111,11 +95,7 @@ def run(args: argparse.Namespace) -> tuple[Path, int]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import warnings
-
-    # Import-time noise from Paddle's build tooling, irrelevant here.
-    warnings.filterwarnings("ignore", message="No ccache found")
-    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+    quiet_build_warnings()
     from ppti.embeddings import EmbeddingFormatError
     from ppti.generate import GenerateError
     from ppti.models import ModelError
