@@ -28,7 +28,6 @@ from ppti.evaluation.stopping import EarlyStopping
 from ppti.train import train
 
 TOOL = REPO / "tools" / "evaluate.py"
-PROMPT = "a photo of a <demo-toy>"
 
 
 def logged(out_dir: Path, tag: str) -> dict[int, float]:
@@ -283,8 +282,12 @@ def test_evaluate_scores_every_saved_step_with_one_pipeline_load(tool, capsys, m
     assert rows[0]["text_similarity"] == pytest.approx(float(text), abs=1e-5)
 
 
-def test_evaluate_reads_files_converted_from_pytorch(tool, capsys, run_dir, tiny_model_en, tiny_clip, tmp_path):
-    """The steps as diffusers .safetensors and a WebUI .pt (what tools/convert.py reads), no .pdparams."""
+def test_evaluate_reads_files_converted_from_pytorch_and_takes_extra_judges(run_dir, tiny_model_en, tiny_clip,
+                                                                          tmp_path):
+    """The steps as diffusers .safetensors and a WebUI .pt (what tools/convert.py reads), no .pdparams; a judge
+    (a per-file score computed from the rendered images) adds its column."""
+    from ppti.evaluate import Settings, evaluate_run
+
     converted = tmp_path / "converted"
     converted.mkdir()
     shutil.copy(run_dir / "train_config.yaml", converted)
@@ -292,14 +295,40 @@ def test_evaluate_reads_files_converted_from_pytorch(tool, capsys, run_dir, tiny
                      {"<demo-toy>": rows_of(run_dir / "learned_embeds-steps-2.pdparams")}, fmt="diffusers")
     write_embeddings(converted / "learned_embeds-steps-4.pt",
                      {"demo": rows_of(run_dir / "learned_embeds-steps-4.pdparams")}, fmt="pt", step=4)
-    code, _, stderr = run_tool(tool, capsys, converted, "--model", tiny_model_en, "--clip_model", tiny_clip,
-                               "--num_images", 1, "--num_inference_steps", 1)
-    assert code == 0, stderr[-2000:]
+    seen = []
+
+    def judge(step, rendered):
+        seen.append((step, sorted(rendered)))
+        return {"judge_brightness": float(np.mean([np.asarray(i).mean() for i in rendered["a photo of a {}"]]))}
+
+    evaluate_run(Settings(converted, str(tiny_model_en), str(tiny_clip), num_images=1, num_inference_steps=1),
+                 judges=[judge])
     rows = json.loads((converted / "evaluation" / "scores.json").read_text())["rows"]
     loss = logged(run_dir, "eval/loss")
     assert [(r["step"], r["file"]) for r in rows] == [(2, "learned_embeds-steps-2.safetensors"),
                                                       (4, "learned_embeds-steps-4.pt")]
     assert [r["eval_loss"] for r in rows] == pytest.approx([loss[2], loss[4]], rel=1e-6)
+    prompts = builtin_prompts("object", "en")
+    assert seen == [(step, sorted([prompts.reconstruction, *prompts.edits])) for step in (2, 4)]
+    assert all(0 < r["judge_brightness"] < 256 for r in rows)
+    assert (converted / "evaluation" / "scores.csv").read_text().splitlines()[0].endswith(",file,judge_brightness")
+
+
+def test_prompts_file_gives_the_reconstruction_and_edit_prompts(tmp_path):
+    from ppti.evaluation.prompts import read_prompts_file
+
+    good = tmp_path / "prompts.txt"
+    good.write_text("一张{}的照片\n# a comment\n{}在雪地里\n海边的{}\n", encoding="utf-8")
+    prompts = read_prompts_file(str(good))
+    assert prompts.reconstruction == "一张{}的照片" and prompts.edits == ["{}在雪地里", "海边的{}"]
+    one = tmp_path / "one.txt"
+    one.write_text("a photo of a {}\n", encoding="utf-8")
+    with pytest.raises(EvaluationError, match="at least one edit prompt"):
+        read_prompts_file(str(one))
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a photo of a {}\na photo\n", encoding="utf-8")
+    with pytest.raises(EvaluationError, match=r"--prompts .*bad.txt line 2: 'a photo' has no \{\}"):
+        read_prompts_file(str(bad))
 
 
 def test_evaluate_refusals_are_one_line_errors(tool, capsys, run_dir, tiny_model_en, tiny_clip, tmp_path):
