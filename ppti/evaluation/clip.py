@@ -82,7 +82,8 @@ class ClipScorer:
 
         pixels = self.processor(images=list(images), return_tensors="pd")["pixel_values"]
         with paddle.no_grad():
-            features = self.model.get_image_features(pixel_values=pixels.astype(self.model.dtype))
+            dtype = self.model.parameters()[0].dtype  # (paddlenlp's ChineseCLIPModel has no .dtype)
+            features = self.model.get_image_features(pixel_values=pixels.astype(dtype))
         return _normalise(features.astype("float32").numpy())
 
     def text_features(self, texts: Sequence[str]) -> np.ndarray:
