@@ -219,6 +219,14 @@ def test_tiny_clip_scores_are_cosines_of_the_model_features(tiny_clip, demo_imag
     assert len(builtin_prompts("object", "zh_en").edits) == 8  # English and Chinese edits
 
 
+def test_make_tiny_model_arch_clip_writes_what_clip_model_loads(tmp_path, capsys):
+    tiny_tool = load_tool(REPO / "tools" / "make_tiny_model.py")
+    assert tiny_tool.main([str(tmp_path / "clip"), "--arch", "clip"]) == 0
+    assert "wrote tiny en CLIP" in capsys.readouterr().out
+    scorer = ClipScorer(str(tmp_path / "clip"))
+    assert scorer.kind == "CLIPModel" and scorer.text_features(["a photo of a cat"]).shape == (1, 16)
+
+
 def test_evaluate_scores_every_saved_step_with_one_pipeline_load(tool, capsys, monkeypatch, run_dir, tiny_model_en,
                                                                  tiny_clip, demo_images, tmp_path):
     from ppdiffusers import DiffusionPipeline
