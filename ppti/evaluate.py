@@ -24,7 +24,7 @@ import numpy as np
 
 from .config import TrainConfig, parse_config
 from .evaluation.clip import DEFAULT_CLIP, ClipScorer, EvaluationError, mean_cosine
-from .evaluation.prompts import builtin_prompts, read_prompts_file, without_placeholder
+from .evaluation.prompts import EvaluationPrompts, builtin_prompts, read_prompts_file, without_placeholder
 from .evaluation.scores import Row, recommend, write_tables
 
 log = logging.getLogger("ppti")
@@ -164,18 +164,27 @@ def training_images(data_dir: str) -> list:
 # ------------------------------------------------------------------------------------------------------------
 # scoring
 # ------------------------------------------------------------------------------------------------------------
-def evaluate_run(settings: Settings, judges: Sequence[Judge] = ()) -> Result:
-    from tqdm.auto import tqdm
+@dataclass
+class Session:
+    """Everything scoring needs, built once: the run set up as in training (one model load), its files, the
+    prompts, the CLIP and the fixed comparison points."""
 
-    from .atomic import atomic_path
+    settings: Settings
+    run: object  # ppti.train.Run: its rows are what the pipeline's text encoder reads
+    files: list[SavedFile]
+    prompts: EvaluationPrompts
+    clip: ClipScorer
+    reference_features: np.ndarray  # (images, P): the training images
+    edit_features: np.ndarray  # (edits, P): the edit prompts without the placeholder
+    initial: np.ndarray  # (num_vectors, D): the initializer's rows, for the drift
+    seed: int
+
+
+def open_session(settings: Settings, out_dir: Path) -> Session:
     from .distributed import DistContext
-    from .evaluation.drawing import contact_sheet, plot
-    from .evaluation.embedding import drift, norms
     from .models import load_components
-    from .train import micro_step_loss, setup
-    from .validation import render
+    from .train import setup
 
-    out_dir = settings.out_dir or settings.run_dir / EVALUATION_DIR
     config = run_config(settings, out_dir)
     files = read_saved(saved_paths(settings.run_dir), config.num_vectors)  # all checked before any model loads
     custom_prompts = read_prompts_file(settings.prompts_file) if settings.prompts_file else None
@@ -194,48 +203,77 @@ def evaluate_run(settings: Settings, judges: Sequence[Judge] = ()) -> Result:
             raise EvaluationError(f"{f.path}: an embedding of {f.vectors.shape[1]} dimensions, but the text encoder "
                                   f"of --model {settings.model} is {width} wide: it was trained for another model. "
                                   "Pass the --model the run trained on")
-    files = label_final(files, run.max_train_steps)
     prompts = custom_prompts or builtin_prompts(config.learnable_property, run.language)
-    references = training_images(config.train_data_dir)
-    initial = run.rows.weight.numpy()[run.rows.placeholder_ids].astype(np.float32)
-    reference_features = clip.image_features(references)
-    edit_features = clip.text_features([without_placeholder(p) for p in prompts.edits])
-    seed = settings.seed if settings.seed is not None else run.seed
-    token = config.placeholder_token
+    return Session(
+        settings, run, label_final(files, run.max_train_steps), prompts, clip,
+        reference_features=clip.image_features(training_images(config.train_data_dir)),
+        edit_features=clip.text_features([without_placeholder(p) for p in prompts.edits]),
+        initial=run.rows.weight.numpy()[run.rows.placeholder_ids].astype(np.float32),
+        seed=settings.seed if settings.seed is not None else run.seed,
+    )
 
-    def images_of(template: str) -> list:
-        return render(run.components.pipeline, template.format(token), settings.num_images, seed,
-                      config.resolved_height, config.resolved_width, num_inference_steps=settings.num_inference_steps,
-                      guidance_scale=settings.guidance_scale)
 
+def score_file(session: Session, f: SavedFile, judges: Sequence[Judge]) -> tuple[Row, list]:
+    """Swap the file's vectors in, then its row of scores and its pictures (reconstruction images, then the first
+    image of each edit prompt)."""
     import paddle
 
+    from .evaluation.embedding import drift, norms
+    from .train import micro_step_loss
+    from .validation import render
+
+    run, prompts, settings, config = session.run, session.prompts, session.settings, session.run.config
+    run.rows.rows.set_value(paddle.to_tensor(f.vectors))  # the swap: the pipeline's text encoder reads these rows
+    loss = run.evaluation.frozen.loss(lambda batch: micro_step_loss(run, batch))
+    rendered = {
+        template: render(run.components.pipeline, template.format(config.placeholder_token), settings.num_images,
+                         session.seed, config.resolved_height, config.resolved_width,
+                         num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale)
+        for template in [prompts.reconstruction, *prompts.edits]
+    }
+    recon = rendered[prompts.reconstruction]
+    image_similarity = mean_cosine(session.clip.image_features(recon), session.reference_features)
+    text_similarity = float(np.mean([mean_cosine(session.clip.image_features(rendered[p]),
+                                                 session.edit_features[i:i + 1]) for i, p in enumerate(prompts.edits)]))
+    extra = {k: v for judge in judges for k, v in judge(f.step, rendered).items()}
+    row = Row(f.step, image_similarity, text_similarity, float(np.float32(loss)), float(norms(f.vectors).mean()),
+              float(drift(f.vectors, session.initial).mean()), f.path.name, extra)
+    return row, recon + [rendered[p][0] for p in prompts.edits]
+
+
+def evaluate_run(settings: Settings, judges: Sequence[Judge] = ()) -> Result:
+    """Score every saved file of the run; write the tables, plot and contact sheet (and --copy_best)."""
+    from tqdm.auto import tqdm
+
+    out_dir = settings.out_dir or settings.run_dir / EVALUATION_DIR
+    session = open_session(settings, out_dir)
     rows, pictures = [], []
     started = time.perf_counter()
-    for f in tqdm(files, desc="Saved steps", dynamic_ncols=True):
-        run.rows.rows.set_value(paddle.to_tensor(f.vectors))  # the swap: the pipeline's text encoder reads these rows
-        loss = run.evaluation.frozen.loss(lambda batch: micro_step_loss(run, batch))
-        rendered = {p: images_of(p) for p in [prompts.reconstruction, *prompts.edits]}
-        recon = rendered[prompts.reconstruction]
-        image_similarity = mean_cosine(clip.image_features(recon), reference_features)
-        text_similarity = float(np.mean([mean_cosine(clip.image_features(rendered[p]), edit_features[i:i + 1])
-                                         for i, p in enumerate(prompts.edits)]))
-        extra = {k: v for judge in judges for k, v in judge(f.step, rendered).items()}
-        rows.append(Row(f.step, image_similarity, text_similarity, float(np.float32(loss)),
-                        float(norms(f.vectors).mean()), float(drift(f.vectors, initial).mean()), f.path.name, extra))
-        pictures.append(recon + [rendered[p][0] for p in prompts.edits])
-    seconds_per_file = (time.perf_counter() - started) / len(files)
-
+    for f in tqdm(session.files, desc="Saved steps", dynamic_ncols=True):
+        row, images = score_file(session, f, judges)
+        rows.append(row)
+        pictures.append(images)
+    seconds_per_file = (time.perf_counter() - started) / len(rows)
     recommended = recommend(rows)
+    written = write_outputs(out_dir, rows, pictures, settings.num_images, recommended)
+    if settings.copy_best and recommended is not None:
+        vectors = session.files[rows.index(recommended)].vectors
+        written.append(copy_best(settings.run_dir, session.run.config.placeholder_token, vectors))
+    return Result(rows, recommended, written, seconds_per_file)
+
+
+def write_outputs(out_dir: Path, rows: list[Row], pictures: list, num_reconstruction: int,
+                  recommended: Optional[Row]) -> list[Path]:
+    from .atomic import atomic_path
+    from .evaluation.drawing import contact_sheet, plot
+
     written = write_tables(out_dir, rows, recommended)
     for name, image in (("scores.png", plot(rows, recommended)),
-                        ("contact_sheet.png", contact_sheet(rows, pictures, settings.num_images, recommended))):
+                        ("contact_sheet.png", contact_sheet(rows, pictures, num_reconstruction, recommended))):
         with atomic_path(out_dir / name) as tmp:
             image.save(tmp, format="PNG")
         written.append(out_dir / name)
-    if settings.copy_best and recommended is not None:
-        written.append(copy_best(settings.run_dir, token, files[rows.index(recommended)].vectors))
-    return Result(rows, recommended, written, seconds_per_file)
+    return written
 
 
 def label_final(files: list[SavedFile], last_step: int) -> list[SavedFile]:
