@@ -138,7 +138,8 @@ class TrainConfig:
     # --- evaluation (see ppti/evaluation/) -------------------------------------------------------------
     eval_steps: int = _f(
         100, "Every X steps, log eval/loss: the denoising loss on a frozen evaluation batch (latents, noise, "
-        "timesteps and prompts drawn once from the seed), plus embedding/norm and embedding/drift. 0 disables it.",
+        "timesteps and prompts drawn once from the seed), plus embedding/norm and embedding/drift. 0 disables it. "
+        "The default costs 2-4% of training time (benchmarks/bench_eval.py).",
     )
     eval_batch_size: int = _f(8, "Examples in the frozen evaluation batch.")
     early_stopping: bool = _f(
@@ -254,8 +255,8 @@ class TrainConfig:
             out.append(f"--seed must be in [0, 2**32) (got {self.seed})")
         return out
 
-
     def evaluation_problems(self) -> list[str]:
+        """Problems with the --eval_* / --early_stopping* values."""
         out = []
         if self.eval_batch_size < 1:
             out.append(f"--eval_batch_size must be >= 1 (got {self.eval_batch_size})")
