@@ -18,6 +18,7 @@ import gradio as gr
 import pandas as pd
 import yaml
 
+from .evaluation import EVALUATE_TIMEOUT, evaluate_args, read_evaluation, scores_frame
 from .i18n import text
 from .project import ProjectTools, ToolFailed
 from .runs import RunState, Runs, read_state
@@ -232,6 +233,36 @@ class Handlers:
         run_dir = self.selected_dir(name)
         return [(str(p), f"step {s}") for s, p in validation_grids(run_dir)] if run_dir else []
 
+    def show_evaluation(self, lang, name, message=""):
+        """The run's evaluation (evaluation/scores.json and its pictures) for the Compare tab."""
+        run_dir = self.selected_dir(name)
+        evaluation = read_evaluation(run_dir) if run_dir else None
+        if evaluation is None:
+            summary = text("no_evaluation", lang) if run_dir else ""
+        elif evaluation.load_line() is None:
+            summary = text("no_recommendation", lang)
+        else:
+            summary = (text("recommended", lang, step=evaluation.recommended_step)
+                       + f"\n\n```python\n{evaluation.load_line()}\n```")
+        plot, sheet = (evaluation.plot, evaluation.contact_sheet) if evaluation else (None, None)
+        return message, summary, scores_frame(evaluation), str(plot) if plot else None, str(sheet) if sheet else None
+
+    def evaluate(self, lang, name, clip_model, num_images, num_inference_steps):
+        """tools/evaluate.py on the selected run (a subprocess of the project's Python), then its results."""
+        run_dir = self.selected_dir(name)
+        if run_dir is None:
+            raise WorkspaceError(text("pick_run", lang).removeprefix("error: "))
+        if read_state(run_dir).running:
+            raise WorkspaceError(f"run {name} is still training: evaluate it once it has finished or stopped")
+        model = run_config(run_dir).get("pretrained_model_name_or_path")
+        if not model:
+            raise WorkspaceError(f"run {name}: no train_config.yaml yet (the trainer writes it when training starts)")
+        clip = self.ws.model(clip_model) if (clip_model or "").strip() else None
+        stdout = self.tools.run("evaluate.py", evaluate_args(run_dir, str(model), clip, num_images or 2,
+                                                             num_inference_steps or 25), timeout=EVALUATE_TIMEOUT)
+        summary = next((line for line in stdout.splitlines() if " file(s), " in line), "done")
+        return self.show_evaluation(lang, name, html.escape(text("evaluated", lang, name=name, summary=summary)))
+
     def steps_for(self, lang, name):
         """The selected run's embeddings (final, saved steps) for the Generate and Export tabs."""
         choices = step_choices(self.selected_dir(name), lang)
@@ -358,6 +389,27 @@ def build(page: Page, lang: str = "en") -> gr.Blocks:
                 refresh = L(gr.Button(text("refresh", lang), elem_id="compare-refresh"), "refresh", lang, "value")
                 gallery = L(gr.Gallery(label=text("grids", lang), columns=4, object_fit="contain",
                                        elem_id="gallery"), "grids", lang)
+                L(gr.Markdown(text("evaluation_help", lang)), "evaluation_help", lang, "value")
+                with gr.Row():
+                    clip_model = L(gr.Textbox(label=text("clip_model", lang), elem_id="clip-model", scale=3),
+                                   "clip_model", lang)
+                    eval_images = L(gr.Number(2, precision=0, minimum=1, maximum=16,
+                                              label=text("eval_num_images", lang), elem_id="eval-num-images"),
+                                    "eval_num_images", lang)
+                    eval_steps = L(gr.Number(25, precision=0, minimum=1, maximum=200,
+                                             label=text("inference_steps", lang), elem_id="eval-steps"),
+                                   "inference_steps", lang)
+                evaluate = L(gr.Button(text("evaluate", lang), variant="primary", elem_id="evaluate"), "evaluate",
+                             lang, "value")
+                eval_message = gr.Markdown(elem_id="eval-message")
+                recommended = gr.Markdown(elem_id="recommended")
+                scores = L(gr.Dataframe(scores_frame(None), label=text("scores", lang), interactive=False,
+                                        elem_id="scores"), "scores", lang)
+                with gr.Row():
+                    scores_plot = L(gr.Image(label=text("scores_plot", lang), type="filepath", interactive=False,
+                                             elem_id="scores-plot"), "scores_plot", lang)
+                    contact_sheet = L(gr.Image(label=text("contact_sheet", lang), type="filepath",
+                                               interactive=False, elem_id="contact-sheet"), "contact_sheet", lang)
             with L(gr.Tab(text("tab_generate", lang), id="generate", elem_id="tab-generate"), "tab_generate",
                    lang) as tab_generate:
                 with gr.Row():
@@ -417,8 +469,12 @@ def build(page: Page, lang: str = "en") -> gr.Blocks:
         timer.tick(h.tick, inputs=[language, run, shown], outputs=tick_outputs, show_progress="hidden")
         demo.load(h.tick, inputs=[language, run, shown], outputs=tick_outputs)
 
+        evaluation_outputs = [eval_message, recommended, scores, scores_plot, contact_sheet]
         for event in (refresh.click, run.change, tab_compare.select):
             event(h.compare, inputs=run, outputs=gallery)
+            event(guarded(h.show_evaluation, 5), inputs=[language, run], outputs=evaluation_outputs)
+        evaluate.click(guarded(h.evaluate, 5), inputs=[language, run, clip_model, eval_images, eval_steps],
+                       outputs=evaluation_outputs, concurrency_limit=1)
         for event in (run.change, tab_generate.select, tab_export.select):  # new saved steps appear
             event(h.steps_for, inputs=[language, run], outputs=[gen_step, exp_step])
         run.change(h.prompt_for, inputs=run, outputs=prompt)

@@ -1,6 +1,7 @@
 """The web page's rules without a browser: paths stay in the workspace, uploads are images within limits, the
 advanced YAML cannot smuggle paths, the default address is loopback, run state is read back from files, and the
-checks the page runs "as you type" are the trainer's own (tools/check_config.py). The page itself, in Chromium:
+checks the page runs "as you type" are the trainer's own (tools/check_config.py), the Compare tab's evaluation is
+tools/evaluate.py's, read back from its files. The page itself, in Chromium:
 tests/test_webui_browser.py."""
 
 import importlib.util
@@ -12,7 +13,9 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import DEMO_IMAGES, REPO
+from conftest import DEMO_IMAGES, REPO, train_args
+from ppti_webui.evaluation import evaluate_args, read_evaluation, scores_frame
+from ppti_webui.project import ProjectTools, ToolFailed
 from ppti_webui.runs import last_message, read_progress, read_state
 from ppti_webui.workspace import MAX_IMAGE_BYTES, Workspace, WorkspaceError, parse_advanced_yaml
 
@@ -193,3 +196,51 @@ def test_check_placeholder_uses_the_trainer_rules(tiny_model_en):
     assert all(r["message"].startswith("error: ") and "Traceback" not in r["message"] for r in replies[1:])
     one_shot = check("placeholder", "--model", model, "--placeholder_token", "toy", "--initializer_token", "toy")
     assert one_shot.returncode == 2 and one_shot.stderr.strip().splitlines()[-1] == replies[1]["message"]
+
+
+# ---- the Compare tab's evaluation (tools/evaluate.py, run as the page runs it) -------------------------------------
+def test_evaluation_is_read_back_and_refuses_foreign_files(tmp_path):
+    run_dir = tmp_path / "run"
+    assert read_evaluation(run_dir) is None and scores_frame(None).empty  # not evaluated yet: nothing to show
+    (run_dir / "evaluation").mkdir(parents=True)
+    scores = run_dir / "evaluation" / "scores.json"
+    rows = [{"step": s, "image_similarity": 0.5 + s / 100, "text_similarity": 0.3, "eval_loss": 0.1, "norm": 0.4,
+             "drift": 0.01 * s, "file": f"learned_embeds-steps-{s}.pdparams"} for s in (4, 2)]
+    scores.write_text(json.dumps({"recommended_step": 2, "rows": rows}))
+    evaluation = read_evaluation(run_dir)
+    assert evaluation.plot is None and evaluation.contact_sheet is None  # (pictures shown only when written)
+    assert evaluation.load_line() == f'pipe.load_textual_inversion("{run_dir / "learned_embeds-steps-2.pdparams"}")'
+    frame = scores_frame(evaluation)
+    assert list(frame["step"]) == [2, 4] and list(frame[""]) == ["★", ""] and frame["image_similarity"][1] == 0.54
+    for content, words in [
+        ("{", "not readable"),
+        ('{"rows": [{"file": "x"}]}', "not a tools/evaluate.py scores file"),
+        ('{"recommended_step": 2, "rows": [{"step": 2, "file": "../../etc/passwd"}]}', "is not a file name"),
+    ]:
+        scores.write_text(content)
+        with pytest.raises(WorkspaceError, match=words) as refused:
+            read_evaluation(run_dir)
+        assert str(scores) in str(refused.value) and "press Evaluate" in str(refused.value)
+
+
+def test_evaluate_runs_as_a_project_subprocess_and_its_results_are_shown(tiny_model_en, tiny_clip, tmp_path):
+    from ppti.config import parse_config
+    from ppti.distributed import DistContext
+    from ppti.train import train
+
+    run_dir = tmp_path / "ws" / "runs" / "r"  # 4 steps, saved at 2 and 4
+    train(parse_config(train_args(tiny_model_en, DEMO_IMAGES, run_dir, save_steps=2, eval_steps=0)), DistContext())
+    tools = ProjectTools(sys.executable, REPO, tmp_path / "ws")
+    stdout = tools.run("evaluate.py", evaluate_args(run_dir, str(tiny_model_en), str(tiny_clip), 1, 1))
+    assert "2 file(s)" in stdout
+    evaluation = read_evaluation(run_dir)
+    assert [r["step"] for r in evaluation.rows] == [2, 4]
+    assert evaluation.recommended_step in {r["step"] for r in evaluation.rows}
+    assert evaluation.load_line() in stdout  # the page shows the line the tool prints
+    assert evaluation.plot == run_dir / "evaluation" / "scores.png" and evaluation.contact_sheet.is_file()
+    # a refusal is the tool's one line, never a traceback
+    with pytest.raises(ToolFailed) as refused:
+        tools.run("evaluate.py", evaluate_args(run_dir, str(tiny_model_en), str(tiny_model_en), 1, 1))
+    message = str(refused.value)
+    assert "error: " in message and "(it is a Stable Diffusion pipeline folder)" in message
+    assert "\n" not in message and "Traceback" not in message
