@@ -257,10 +257,10 @@ class Handlers:
         model = run_config(run_dir).get("pretrained_model_name_or_path")
         if not model:
             raise WorkspaceError(f"run {name}: no train_config.yaml yet (the trainer writes it when training starts)")
-        clip = self.ws.model(clip_model) if (clip_model or "").strip() else None
+        clip = self.ws.model(clip_model, "CLIP model") if (clip_model or "").strip() else None
         stdout = self.tools.run("evaluate.py", evaluate_args(run_dir, str(model), clip, num_images or 2,
                                                              num_inference_steps or 25), timeout=EVALUATE_TIMEOUT)
-        summary = next((line for line in stdout.splitlines() if " file(s), " in line), "done")
+        summary = next((line for line in stdout.splitlines() if " file(s), " in line), "done").split("; wrote")[0]
         return self.show_evaluation(lang, name, html.escape(text("evaluated", lang, name=name, summary=summary)))
 
     def steps_for(self, lang, name):

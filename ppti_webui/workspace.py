@@ -62,12 +62,12 @@ class Workspace:
             raise WorkspaceError(f"{field} {text}: no such file or folder in the workspace {self.root}")
         return real
 
-    def model(self, value: str) -> str:
+    def model(self, value: str, field: str = "model") -> str:
         """A model folder inside the workspace (absolute path), or a Hub id that is not a folder here."""
         text = (value or "").strip()
         if looks_like_hub_id(text) and not (self.root / text).exists():
             return text
-        return str(self.resolve(text, "model"))
+        return str(self.resolve(text, field))
 
     # ---- runs ---------------------------------------------------------------------------------------------
     def new_run_dir(self, name: str) -> Path:

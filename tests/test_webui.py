@@ -49,6 +49,9 @@ def test_traversal_and_absolute_paths_are_refused(ws, value, words):
         ws.resolve(value, "image folder")
     with pytest.raises(WorkspaceError):
         ws.model(value)
+    if value:
+        with pytest.raises(WorkspaceError, match=f"CLIP model {value}: "):  # (the Compare tab's field)
+            ws.model(value, "CLIP model")
 
 
 def test_symlink_escape_is_refused(ws, tmp_path):

@@ -2,8 +2,8 @@
 run with .venv-webui's Python) through a whole session on the tiny model:
 
 upload images, placeholder checked as you type, a short run to the end with its validation grid, a second Start
-refused, the page killed mid-run and restarted (the run went on and is shown), Stop (the trainer saves), Compare,
-Generate, each Export format downloaded, the language switch. The assertions here check the files that session left.
+refused, the page killed mid-run and restarted (the run went on and is shown), Stop (the trainer saves), Compare
+(with Evaluate on the short run), Generate, each Export format downloaded, the language switch. The assertions here check the files that session left.
 
 Screenshots of the session land in the test's temporary folder; with PPTI_WEBUI_SCREENSHOTS=DIR they are also
 written (downscaled) to DIR, which is how docs/webui-*.png were made.
@@ -59,13 +59,14 @@ def save_screenshots(out: Path, target: Path) -> None:
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    from ppti.tiny import make_tiny_model
+    from ppti.tiny import make_tiny_clip, make_tiny_model
     from ppti_webui import venv
 
     python = venv.ensure(REPO / "requirements-webui-test.txt")  # the page's own venv, plus Playwright
     root = tmp_path_factory.mktemp("webui")
     workspace, out = root / "workspace", root / "out"
     make_tiny_model(workspace / "models" / "tiny-sd", language="en")
+    make_tiny_clip(workspace / "models" / "tiny-clip")  # for Evaluate (tools/evaluate.py --clip_model)
     out.mkdir()
     command = [str(python), str(REPO / "tests" / "webui_driver.py"), "--project_python", sys.executable,
                "--workspace", str(workspace), "--port", str(free_port()), "--images", str(DEMO_IMAGES),
@@ -116,6 +117,21 @@ def test_short_run_reaches_the_end_and_shows_the_grid(session):
     assert sorted(p.name for p in (workspace / "uploads" / "first").iterdir()) == [
         "00-toy-1.png", "01-toy-2.png", "02-toy-3.png", "03-toy-4.png"]
     assert "Validation grids by step\nstep 2\nstep 4" in result["gallery_captions"]  # the Compare tab
+
+
+def test_evaluate_shows_the_recommended_step(session):
+    result, workspace, *_ = session
+    assert "No evaluation of this run yet" in result["before_evaluation"]
+    evaluation = workspace / "runs" / "first" / "evaluation"
+    scores = json.loads((evaluation / "scores.json").read_text())  # written by tools/evaluate.py, from the page
+    step = scores["recommended_step"]
+    assert [r["step"] for r in scores["rows"]] == [2, 4]
+    assert f"Recommended step: {step}" in result["recommended"]
+    assert f'pipe.load_textual_inversion("{workspace / "runs" / "first" / f"learned_embeds-steps-{step}.pdparams"}")' \
+        in result["recommended"]
+    assert "Evaluated first: 2 file(s)" in result["eval_message"]
+    assert "learned_embeds-steps-4.pdparams" in result["scores_table"] and "★" in result["scores_table"]
+    assert (evaluation / "scores.png").is_file() and (evaluation / "contact_sheet.png").is_file()
 
 
 def test_second_start_is_refused_while_a_run_is_going(session):
