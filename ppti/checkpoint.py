@@ -55,7 +55,8 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 MUST_MATCH = ("pretrained_model_name_or_path", "tokenizer_name", "placeholder_token", "num_vectors")
 # Settings that decide which examples step N+1, N+2, ... train on: changing them would not continue the run.
 SAME_EXAMPLES = ("repeats", "resolved_height", "resolved_width", "center_crop", "learnable_property", "language",
-                 "noise_offset", "gradient_accumulation_steps")
+                 "noise_offset", "gradient_accumulation_steps", "caption_source", "caption_extension",
+                 "caption_template", "buckets", "bucket_min_side", "bucket_max_side")
 # Not compared: how the run is resumed and where it reports.
 NOT_COMPARED = ("resume_from_checkpoint", "seed", "train_batch_size")
 

@@ -18,7 +18,9 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .templates import parse_template_file
+from .buckets import STEP as BUCKET_STEP
+from .buckets import bucket_sizes, default_sides
+from .templates import caption_template_problem, parse_template_file
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_MAX_TRAIN_STEPS = 5000  # the example's effective default when neither length flag is given
@@ -58,6 +60,16 @@ class TrainConfig:
         None, "A UTF-8 text file with one prompt template per line, {} marking the placeholder (e.g. "
         "'一幅{}风格的画'); replaces the built-in templates of --learnable_property and --language.",
     )
+    caption_source: Literal["templates", "files", "both"] = _f(
+        "templates", "Training prompts: the templates; each image's caption (IMAGE.txt beside it or metadata.jsonl "
+        "file_name/text); or both, drawn uniformly per image (templates may use {caption}).",
+    )
+    caption_extension: str = _f(".txt", "Extension of the caption file beside each image (IMAGE.png -> IMAGE.txt).")
+    caption_template: Optional[str] = _f(
+        None, "How a caption becomes a prompt, e.g. 'a photo of {}, {caption}' ({} is the placeholder). Without it "
+        "the caption is the prompt: the placeholder goes where it writes {} or the placeholder token, else in front "
+        "('<tok>, caption').",
+    )
     num_vectors: int = _f(1, "How many textual inversion vectors shall be used to learn the concept.")
     repeats: int = _f(100, "How many times to repeat the training data.")
     # --- images ----------------------------------------------------------------------------------------
@@ -65,6 +77,12 @@ class TrainConfig:
     height: Optional[int] = _f(None, "Height of the training images (multiple of 8); defaults to --resolution.")
     width: Optional[int] = _f(None, "Width of the training images (multiple of 8); defaults to --resolution.")
     center_crop: bool = _f(False, "Center-crop images to the target aspect ratio before resizing.")
+    buckets: bool = _f(
+        False, "Aspect-ratio buckets: every image keeps its aspect ratio at about --resolution² pixels (sides multiples "
+        "of 64, the closest bucket, the small excess centre-cropped); each micro-batch is one bucket.",
+    )
+    bucket_min_side: Optional[int] = _f(None, "Smallest bucket side with --buckets (default: --resolution / 2).")
+    bucket_max_side: Optional[int] = _f(None, "Largest bucket side with --buckets (default: --resolution x 2).")
     # --- optimisation ----------------------------------------------------------------------------------
     train_batch_size: int = _f(16, "Batch size (per device) for the training dataloader.")
     num_train_epochs: Optional[int] = _f(
@@ -177,6 +195,13 @@ class TrainConfig:
     def resolved_width(self) -> int:
         return self.width if self.width is not None else self.resolution
 
+    def bucket_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every aspect-ratio bucket; empty without --buckets."""
+        if not self.buckets:
+            return []
+        low, high = default_sides(self.resolution)
+        return bucket_sizes(self.resolution, self.bucket_min_side or low, self.bucket_max_side or high)
+
     @property
     def saves_full_pipeline(self) -> bool:
         return self.save_full_pipeline or not self.only_save_embeds
@@ -219,6 +244,8 @@ class TrainConfig:
             out.append("--initializer_token is empty; give a word close to the concept, e.g. 'toy' or 'style'")
         if self.templates is not None:
             out += parse_template_file(self.templates)[1]
+        out += caption_problems(self)
+        out += bucket_problems(self)
         if any(not prompt.strip() for prompt in self.validation_prompts):
             out.append("--validation_prompt is empty; give a prompt such as 'a photo of a <cat-toy>'")
         for name in ("num_vectors", "repeats", "resolution", "train_batch_size", "gradient_accumulation_steps",
@@ -226,7 +253,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 out.append(f"--{name} must be >= 1 (got {getattr(self, name)})")
         for name in ("num_train_epochs", "max_train_steps", "height", "width", "validation_steps",
-                     "checkpoints_total_limit"):
+                     "checkpoints_total_limit", "bucket_min_side", "bucket_max_side"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 out.append(f"--{name} must be >= 1 (got {value})")
@@ -267,6 +294,42 @@ class TrainConfig:
         if not self.early_stopping_threshold > 0:
             out.append(f"--early_stopping_threshold must be > 0 (got {self.early_stopping_threshold})")
         return out
+
+
+def caption_problems(config: TrainConfig) -> list[str]:
+    out = []
+    uses_captions = config.caption_source != "templates"
+    if not config.caption_extension.startswith(".") or len(config.caption_extension) < 2:
+        out.append(f"--caption_extension {config.caption_extension!r} must start with a dot, e.g. '.txt'")
+    if config.caption_template is not None:
+        if not uses_captions:
+            out.append("--caption_template needs --caption_source files or both (templates mode reads no captions)")
+        problem = caption_template_problem(config.caption_template)
+        if problem:
+            out.append(f"--caption_template {config.caption_template!r} {problem}")
+    if config.templates is not None and config.caption_source != "both":
+        with_caption = [t for t in parse_template_file(config.templates)[0] if "{caption}" in t]
+        if with_caption:
+            out.append(f"--templates {config.templates}: {with_caption[0]!r} uses {{caption}}; that needs "
+                       "--caption_source both")
+    return out
+
+
+def bucket_problems(config: TrainConfig) -> list[str]:
+    out = []
+    for name in ("bucket_min_side", "bucket_max_side"):
+        value = getattr(config, name)
+        if value is not None and value >= 1 and value % BUCKET_STEP:
+            out.append(f"--{name} {value} is not a multiple of {BUCKET_STEP}; use {max(64, value // 64 * 64)}")
+    if not config.buckets:
+        return out
+    if config.height is not None or config.width is not None:
+        out.append("--buckets sizes every image from --resolution; --height/--width do not apply (drop them)")
+    if not out and config.resolution >= 1 and not config.bucket_sizes():
+        out.append(f"--buckets: no bucket (sides multiples of 64 between --bucket_min_side and --bucket_max_side) "
+                   f"has an area within 10% of --resolution {config.resolution}²; widen the sides or use a "
+                   "resolution that is a multiple of 64")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -4,10 +4,13 @@ Images are decoded, validated and augmented once (centre crop, resize, horizonta
 example uses is deterministic, so each image has exactly two variants (as is, flipped) that can be kept in memory
 and encoded by the VAE once (see latents.py).
 
-Every random choice of an example -- which image, flipped or not, which template, its timestep, its noise and its
-VAE posterior sample -- is drawn from a generator keyed by (seed, epoch, position in the epoch). So an example is
+Every random choice of an example -- which image, flipped or not, which of its prompts, its timestep, its noise and
+its VAE posterior sample -- is drawn from a generator keyed by (seed, epoch, position in the epoch). So an example is
 the same whichever rank draws it and whenever it is drawn: a resumed run, a multi-card run and a single-card run
 with the same global batch see the same examples, and validation cannot disturb the training stream.
+
+With --buckets (see buckets.py) each image is resized to its aspect-ratio bucket instead of --height x --width, and
+the epoch order is cut so that every global batch is one bucket.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .buckets import Buckets, closest_bucket
 
 log = logging.getLogger("ppti")
 
@@ -77,8 +82,11 @@ def image_variants(image: Image.Image, height: int, width: int, center_crop: boo
 @dataclass(frozen=True)
 class ConceptImages:
     paths: list[Path]
-    pixels: np.ndarray  # (num_images * 2, 3, H, W) float32 in [-1, 1]; variant v = image * 2 + flipped
+    # variant v = image * 2 + flipped -> (3, H, W) float32 in [-1, 1]: one (num_images * 2, 3, H, W) array, or
+    # with buckets a list of arrays of each image's bucket size
+    pixels: np.ndarray | list[np.ndarray]
     skipped: list[tuple[Path, str]]
+    image_bucket: Optional[np.ndarray] = None  # (num_images,) index into the bucket sizes, with --buckets
 
     @property
     def num_images(self) -> int:
@@ -95,13 +103,31 @@ def find_image_files(data_dir: Path) -> tuple[list[Path], list[Path]]:
     return images, [p for p in files if p not in images]
 
 
-def load_concept_images(data_dir: str | Path, height: int, width: int, center_crop: bool) -> ConceptImages:
-    """Decode every image of the folder once; skip (and warn about) unreadable ones; refuse a folder with none."""
+def is_caption_file(path: Path, images: Sequence[Path], caption_extension: Optional[str]) -> bool:
+    """metadata.jsonl, or a caption file beside an image (not worth a "skipped" note)."""
+    if path.name == "metadata.jsonl":
+        return True
+    return bool(caption_extension) and any(path == image.with_suffix(caption_extension) for image in images)
+
+
+def load_concept_images(
+    data_dir: str | Path,
+    height: int,
+    width: int,
+    center_crop: bool,
+    bucket_sizes: Optional[Sequence[tuple[int, int]]] = None,
+    caption_extension: Optional[str] = None,
+) -> ConceptImages:
+    """Decode every image of the folder once; skip (and warn about) unreadable ones; refuse a folder with none.
+
+    With `bucket_sizes` ((height, width) each), every image goes to the bucket of the closest aspect ratio, centre-
+    cropped to that ratio and resized to it (buckets.py); height, width and center_crop are then not used."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"--train_data_dir {data_dir}: no such directory")
     candidates, others = find_image_files(data_dir)
-    paths, variants, skipped = [], [], []
+    others = [p for p in others if not is_caption_file(p, candidates, caption_extension)]
+    paths, variants, skipped, buckets = [], [], [], []
     for path in candidates:
         try:
             with Image.open(path) as image:
@@ -112,7 +138,11 @@ def load_concept_images(data_dir: str | Path, height: int, width: int, center_cr
             log.warning("skipping %s: cannot decode (%s)", path, exc)
             continue
         paths.append(path)
-        variants.append(image_variants(rgb, height, width, center_crop))
+        if bucket_sizes:
+            buckets.append(closest_bucket(*rgb.size, bucket_sizes))
+            variants.append(image_variants(rgb, *bucket_sizes[buckets[-1]], center_crop=True))
+        else:
+            variants.append(image_variants(rgb, height, width, center_crop))
     skipped += [(p, "not an image file (by its extension)") for p in others]
     if not paths:
         listing = "; ".join(f"{p.name}: {why}" for p, why in skipped) or "the folder is empty"
@@ -120,6 +150,9 @@ def load_concept_images(data_dir: str | Path, height: int, width: int, center_cr
             f"--train_data_dir {data_dir}: no decodable images (supported: "
             f"{', '.join(sorted(IMAGE_SUFFIXES))}). Skipped: {listing}"
         )
+    if bucket_sizes:
+        pixels = [variant for pair in variants for variant in pair]
+        return ConceptImages(paths, pixels, skipped, image_bucket=np.asarray(buckets, dtype=np.int64))
     return ConceptImages(paths=paths, pixels=np.concatenate(variants), skipped=skipped)
 
 
@@ -135,6 +168,7 @@ class StreamLayout:
     num_examples: int  # per epoch: num_images * repeats
     batch_size: int  # per rank
     world_size: int = 1
+    bucket_examples: Optional[tuple[int, ...]] = None  # with --buckets: examples of each bucket per epoch
 
     @property
     def global_batch(self) -> int:
@@ -142,7 +176,8 @@ class StreamLayout:
 
     @property
     def micro_batches_per_epoch(self) -> int:
-        return self.num_examples // self.global_batch
+        """Complete global batches per epoch; with buckets, each bucket's incomplete one is dropped."""
+        return sum(n // self.global_batch for n in self.bucket_examples or (self.num_examples,))
 
     def positions(self, micro_step: int, rank: int) -> tuple[int, list[int]]:
         """(epoch, positions in that epoch's order) that `rank` trains on at global micro-step `micro_step`."""
@@ -165,21 +200,27 @@ class ExampleStream:
         seed: int,
         num_images: int,
         repeats: int,
-        prompt_ids: np.ndarray,  # (num_templates, seq_len) int64: each template's tokenized prompt
+        prompt_ids: np.ndarray,  # (num_prompts, seq_len) int64: every tokenized prompt
         latent_shape: Sequence[int],  # (C, h, w)
         num_train_timesteps: int,
         noise_offset: float = 0.0,
+        image_prompts: Optional[Sequence[np.ndarray]] = None,  # per image: its rows of prompt_ids (default: all)
+        buckets: Optional[Buckets] = None,  # with --buckets: the order and latent shape come from each image's bucket
     ):
         self.seed, self.num_images, self.repeats = seed, num_images, repeats
         self.prompt_ids = prompt_ids
+        self.image_prompts = image_prompts
         self.latent_shape = tuple(latent_shape)
         self.num_train_timesteps = num_train_timesteps
         self.noise_offset = noise_offset
+        self.buckets = buckets
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
         if self._order_cache is None or self._order_cache[0] != epoch:
-            self._order_cache = (epoch, epoch_order(self.seed, epoch, self.num_images, self.repeats))
+            order = (self.buckets.order(self.seed, epoch) if self.buckets
+                     else epoch_order(self.seed, epoch, self.num_images, self.repeats))
+            self._order_cache = (epoch, order)
         return self._order_cache[1]
 
     def __getitem__(self, key: int) -> dict[str, np.ndarray]:
@@ -190,16 +231,19 @@ class ExampleStream:
         rng = np.random.default_rng([self.seed, epoch, position, 1])  # 1: the example stream (not the order)
         image = int(self.order(epoch)[position])
         flipped = int(rng.random() < FLIP_PROBABILITY)
-        template = int(rng.integers(len(self.prompt_ids)))
+        prompts = self.image_prompts[image] if self.image_prompts is not None else None
+        prompt = int(rng.integers(len(self.prompt_ids) if prompts is None else len(prompts)))
+        prompt = prompt if prompts is None else int(prompts[prompt])
         timestep = int(rng.integers(self.num_train_timesteps))
-        noise = rng.standard_normal(self.latent_shape, dtype=np.float32)
+        shape = self.buckets.latent_shape(image) if self.buckets else self.latent_shape
+        noise = rng.standard_normal(shape, dtype=np.float32)
         if self.noise_offset:
             # https://www.crosslabs.org//blog/diffusion-with-offset-noise
-            noise += self.noise_offset * rng.standard_normal((self.latent_shape[0], 1, 1), dtype=np.float32)
-        posterior_eps = rng.standard_normal(self.latent_shape, dtype=np.float32)
+            noise += self.noise_offset * rng.standard_normal((shape[0], 1, 1), dtype=np.float32)
+        posterior_eps = rng.standard_normal(shape, dtype=np.float32)
         return {
             "variant": np.int64(image * 2 + flipped),
-            "input_ids": self.prompt_ids[template],
+            "input_ids": self.prompt_ids[prompt],
             "timestep": np.int64(timestep),
             "noise": noise,
             "posterior_eps": posterior_eps,

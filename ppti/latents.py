@@ -7,6 +7,8 @@ Both return `(mean + std * eps) * scaling_factor` for the example stream's own `
 `latent_dist.sample()` computes -- so they draw from the same distribution, and with the same `eps` give the same
 latents up to float rounding.
 
+With --buckets the variants have their bucket's size; a micro-batch is always one bucket, so its latents stack.
+
 Once the cache is built the VAE is only needed to decode validation images or to save the full pipeline;
 otherwise `release_vae` drops it so its weights do not sit in (device) memory for the whole run.
 """
@@ -31,13 +33,13 @@ def _posterior(vae, pixels: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor
 class EncodedLatents:
     """Encodes the batch's image variants with the VAE at every step (`--no_cache_latents`)."""
 
-    def __init__(self, vae, pixels: np.ndarray):
-        self.vae, self.pixels = vae, pixels  # pixels: (V, 3, H, W) float32, every variant decoded once
+    def __init__(self, vae, pixels):
+        self.vae, self.pixels = vae, pixels  # pixels[v]: (3, H, W) float32, every variant decoded once
         self.scaling = float(vae.config.scaling_factor)
 
     def sample(self, variants: paddle.Tensor, eps: paddle.Tensor) -> paddle.Tensor:
         """(B, C, h, w) float32 latents of `variants` (B,) for the posterior noise `eps` (B, C, h, w)."""
-        pixels = paddle.to_tensor(self.pixels[variants.numpy()])
+        pixels = paddle.to_tensor(np.stack([self.pixels[v] for v in variants.numpy()]))
         with paddle.no_grad():
             mean, std = _posterior(self.vae, pixels)
         mean, std = mean.astype("float32"), std.astype("float32")
@@ -45,27 +47,27 @@ class EncodedLatents:
 
 
 class CachedLatents:
-    """Posterior mean/std of every variant, computed once (one VAE encode per variant), kept in float32."""
+    """Posterior mean/std of every variant, computed once (one VAE encode per variant), kept in float32.
 
-    def __init__(self, vae, pixels: np.ndarray):
+    One (C, h, w) tensor per variant: with --buckets the variants differ in size."""
+
+    def __init__(self, vae, pixels):
         self.scaling = float(vae.config.scaling_factor)
-        means, stds = [], []
+        self.mean, self.std = [], []  # [V] of (C, h, w)
         with paddle.no_grad():
             for variant in pixels:  # one at a time: the activation peak of a single image
                 mean, std = _posterior(vae, paddle.to_tensor(variant[None]))
-                means.append(mean.astype("float32"))
-                stds.append(std.astype("float32"))
-        self.mean = paddle.concat(means)  # (V, C, h, w)
-        self.std = paddle.concat(stds)
+                self.mean.append(mean[0].astype("float32"))
+                self.std.append(std[0].astype("float32"))
 
     def sample(self, variants: paddle.Tensor, eps: paddle.Tensor) -> paddle.Tensor:
         """(B, C, h, w) float32 latents of `variants` (B,) for the posterior noise `eps` (B, C, h, w)."""
-        mean = paddle.gather(self.mean, variants)
-        std = paddle.gather(self.std, variants)
+        mean = paddle.stack([self.mean[v] for v in variants.tolist()])
+        std = paddle.stack([self.std[v] for v in variants.tolist()])
         return (mean + std * eps) * self.scaling
 
 
-def latent_source(vae, pixels: np.ndarray, cache: bool) -> CachedLatents | EncodedLatents:
+def latent_source(vae, pixels, cache: bool) -> CachedLatents | EncodedLatents:
     """The cache (default) or per-step encoding, as `--cache_latents` / `--no_cache_latents` asks."""
     if not cache:
         log.info("latents: the VAE encodes every micro-batch (--no_cache_latents)")

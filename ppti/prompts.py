@@ -4,22 +4,26 @@
               *chinese-en* / *chinese* -> zh_en / zh)
     templates --templates FILE, else the built-in object/style templates of that language (both for zh_en)
     length    what the model's inference pipeline pads prompts to (Taiyi 512, AltDiffusion and CLIP 77)
+    captions  --caption_source files|both: each image's caption prompt (captions.py)
 
-Every choice is logged with its reason, and every tokenized prompt is checked to hold each placeholder once.
+Every choice is logged with its reason, and every tokenized prompt is checked to hold each placeholder once;
+captions longer than the length are reported by file.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
+from .captions import Caption, PromptTable, listing, prompt_table
 from .config import ConfigError, TrainConfig
-from .data import tokenize_templates
 from .models import Components, detect_language, prompt_max_length, tokenize_fn
 from .templates import parse_template_file, templates_for
-from .tokens import check_prompts_contain, unknown_token_templates
+from .tokens import TokenError, check_prompts_contain, placeholder_count_problems, unknown_token_templates
 
 log = logging.getLogger("ppti")
 
@@ -28,8 +32,9 @@ log = logging.getLogger("ppti")
 class Prompts:
     language: str  # en | zh | zh_en
     templates: list[str]
-    ids: np.ndarray  # (num_templates, max_length) int64: each template with the placeholder filled in
+    ids: np.ndarray  # (num_prompts, max_length) int64: each prompt with the placeholder filled in
     max_length: int
+    image_prompts: Optional[list[np.ndarray]] = None  # per image: its rows of ids (None: every image uses all)
 
 
 def choose_templates(config: TrainConfig, language: str) -> tuple[list[str], str]:
@@ -42,9 +47,10 @@ def choose_templates(config: TrainConfig, language: str) -> tuple[list[str], str
     return templates, f"--templates {config.templates}"
 
 
-def build_prompts(config: TrainConfig, components: Components, placeholder_ids: list[int]) -> Prompts:
-    """Language, templates and tokenized prompts for this model; raises TokenError if a prompt lost the
-    placeholder."""
+def build_prompts(config: TrainConfig, components: Components, placeholder_ids: list[int],
+                  images: Sequence[Path] = (), captions: Optional[Sequence[Caption]] = None) -> Prompts:
+    """Language, templates and tokenized prompts for this model (with captions: per image); raises TokenError if a
+    prompt lost the placeholder."""
     tokenizer = components.tokenizer
     language, why = detect_language(config.language, components, config.pretrained_model_name_or_path)
     log.info("prompt language: %s (%s)", language, why)
@@ -52,10 +58,41 @@ def build_prompts(config: TrainConfig, components: Components, placeholder_ids: 
     max_length, length_why = prompt_max_length(components)
     log.info("prompt templates: %d from %s, e.g. %r; %d tokens per prompt (%s)",
              len(templates), source, templates[0].format(config.placeholder_text()), max_length, length_why)
-    ids = tokenize_templates(templates, config.placeholder_text(), tokenize_fn(tokenizer, max_length))
-    check_prompts_contain(ids, placeholder_ids, templates, tokenizer)
-    unknown = unknown_token_templates(ids, templates, tokenizer)
+    table = prompt_table(config, templates, images, captions)
+    ids = np.asarray([tokenize_fn(tokenizer, max_length)(text) for text in table.texts], dtype=np.int64)
+    if captions is None:
+        check_prompts_contain(ids, placeholder_ids, templates, tokenizer)
+    else:
+        log.info("prompts: %d distinct (--caption_source %s), e.g. %r", len(table.texts), config.caption_source,
+                 table.texts[-1])
+        check_caption_prompts(table, ids, placeholder_ids, tokenizer, max_length)
+    unknown = unknown_token_templates(ids, table.sources, tokenizer)
     if unknown:
-        log.warning("%d template(s) hold characters the tokenizer does not know (they train as %s), e.g. %r",
+        log.warning("%d prompt(s) hold characters the tokenizer does not know (they train as %s), e.g. %s",
                     len(unknown), tokenizer.unk_token, unknown[0])
-    return Prompts(language=language, templates=templates, ids=ids, max_length=max_length)
+    return Prompts(language=language, templates=templates, ids=ids, max_length=max_length,
+                   image_prompts=table.image_prompts)
+
+
+def check_caption_prompts(table: PromptTable, ids: np.ndarray, placeholder_ids: list[int], tokenizer,
+                          max_length: int) -> None:
+    """Warn about prompts longer than the text encoder reads (they are truncated), naming their files; refuse
+    prompts that do not hold every placeholder vector once as a single token -- naming every such file."""
+    lengths = [len(tokenizer(text)["input_ids"]) for text in table.texts]  # with special tokens, not truncated
+    too_long = [i for i, n in enumerate(lengths) if n > max_length]
+    if too_long:
+        log.warning("%d caption prompt(s) are longer than the text encoder's %d tokens and are truncated: %s",
+                    len(too_long), max_length, listing([f"{table.sources[i]}: {lengths[i]} tokens" for i in too_long]))
+    bad = placeholder_count_problems(ids, placeholder_ids)
+    if bad:
+        cut = [table.sources[i] for i, counts in bad if i in too_long and 0 in counts]
+        other = [f"{table.sources[i]} (counts {counts}: {table.texts[i]!r})" for i, counts in bad
+                 if not (i in too_long and 0 in counts)]
+        reasons = []
+        if cut:
+            reasons.append(f"the placeholder comes after token {max_length} and would be cut off in {listing(cut)}; "
+                           "shorten the caption or write {} earlier")
+        if other:
+            reasons.append(f"these prompts do not hold each placeholder vector exactly once as a single token: "
+                           f"{listing(other)}")
+        raise TokenError("--caption_source: " + "; ".join(reasons))

@@ -55,6 +55,7 @@ _BUILTIN = {
     ("object", "zh"): OBJECT_ZH,
     ("style", "zh"): STYLE_ZH,
 }
+CAPTION = "{caption}"  # where a template or --caption_template takes the image's caption
 LANGUAGE_PARTS = {"en": ["en"], "zh": ["zh"], "zh_en": ["en", "zh"]}  # zh_en models read both languages
 
 
@@ -97,12 +98,27 @@ def parse_template_file(path: str | Path) -> tuple[list[str], list[str]]:
 
 def template_problem(template: str) -> Optional[str]:
     """Why `template` cannot take the placeholder, or None: it needs exactly one `{}` and no other braces
-    (str.format would otherwise fail or drop text)."""
+    (str.format would otherwise fail or drop text) than `{caption}` (the image's caption, --caption_source both)."""
     count = template.count("{}")
     if count != 1:
         return ("has no {} where the placeholder goes" if count == 0
                 else f"has {count} {{}}; use exactly one (the placeholder appears once per prompt)")
-    if "{" in template.replace("{}", "") or "}" in template.replace("{}", ""):
-        return "has a brace other than {}; remove it"
+    return _brace_problem(template)
+
+
+def caption_template_problem(template: str) -> Optional[str]:
+    """Why a --caption_template cannot be used, or None: it needs one `{caption}`, at most one `{}` (without one,
+    the caption places the placeholder) and no other braces."""
+    if template.count(CAPTION) != 1:
+        return "needs {caption} exactly once (where the image's caption goes), e.g. 'a photo of {}, {caption}'"
+    if template.count("{}") > 1:
+        return "has more than one {}; the placeholder appears once per prompt"
+    return _brace_problem(template)
+
+
+def _brace_problem(template: str) -> Optional[str]:
+    rest = template.replace("{}", "").replace(CAPTION, "")
+    if "{" in rest or "}" in rest:
+        return "has a brace other than {} and {caption}; remove it"
     return None
 

@@ -152,20 +152,28 @@ def initializer_ids(tokenizer, word: str) -> tuple[list[int], list[str]]:
     return kept_ids, kept_pieces
 
 
+def placeholder_count_problems(prompt_ids: np.ndarray, token_ids: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """(row, count of each placeholder id) of every tokenized prompt that does not hold each id exactly once."""
+    problems = []
+    for i, row in enumerate(prompt_ids):
+        counts = [int((row == t).sum()) for t in token_ids]
+        if counts != [1] * len(token_ids):
+            problems.append((i, counts))
+    return problems
+
+
 def check_prompts_contain(prompt_ids: np.ndarray, token_ids: Sequence[int], templates: Sequence[str],
                           tokenizer) -> None:
     """Every tokenized prompt must hold every placeholder id exactly once (else the concept silently
     does not train: a prompt truncated before the placeholder, or a placeholder that also matches inside a word)."""
-    for row, template in zip(prompt_ids, templates):
-        counts = [int((row == t).sum()) for t in token_ids]
-        if counts != [1] * len(token_ids):
-            pieces = [p for p in tokenizer.convert_ids_to_tokens(row.tolist()) if p != tokenizer.pad_token]
-            raise TokenError(
-                f"--placeholder_token: the prompt template {template!r} does not contain each placeholder token "
-                f"exactly once after tokenization (counts {counts}; tokens {pieces}). Count 0: the prompt is cut at "
-                "the model's length (shorten the --templates line or lower --num_vectors); 2 or more: the placeholder "
-                "is also part of another word (use one such as '<my-concept>')"
-            )
+    for i, counts in placeholder_count_problems(prompt_ids, token_ids)[:1]:
+        pieces = [p for p in tokenizer.convert_ids_to_tokens(prompt_ids[i].tolist()) if p != tokenizer.pad_token]
+        raise TokenError(
+            f"--placeholder_token: the prompt template {templates[i]!r} does not contain each placeholder token "
+            f"exactly once after tokenization (counts {counts}; tokens {pieces}). Count 0: the prompt is cut at "
+            "the model's length (shorten the --templates line or lower --num_vectors); 2 or more: the placeholder "
+            "is also part of another word (use one such as '<my-concept>')"
+        )
 
 
 def unknown_token_templates(prompt_ids: np.ndarray, templates: Sequence[str], tokenizer) -> list[str]:

@@ -19,6 +19,8 @@ import paddle
 import paddle.nn.functional as F
 
 from . import checkpoint, outputs
+from .buckets import Buckets
+from .captions import load_captions
 from .config import DEFAULT_MAX_TRAIN_STEPS, ConfigError, TrainConfig, check_paths
 from .data import ExampleStream, RankBatches, StreamLayout, load_concept_images
 from .determinism import make_deterministic
@@ -139,9 +141,9 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     problems = check_paths(config)
     if problems:
         raise ConfigError("; ".join(problems))
-    images = load_concept_images(
-        config.train_data_dir, config.resolved_height, config.resolved_width, config.center_crop
-    )
+    images = load_concept_images(config.train_data_dir, config.resolved_height, config.resolved_width,
+                                 config.center_crop, config.bucket_sizes(), config.caption_extension)
+    captions = load_captions(config, images.paths)  # every image has one (with --caption_source files|both)
     precision = resolve_precision(config.mixed_precision)  # refuses a dtype this device cannot compute in
     if config.deterministic:
         make_deterministic()
@@ -156,8 +158,8 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     init_ids, _ = initializer_ids(tokenizer, config.initializer_token)  # logs the pieces it averages
     rows = install_trainable_rows(components.text_encoder, len(tokenizer), placeholder_ids, init_ids)
 
-    # 3. prompts: templates in the model's language, tokenized once (language and length logged with reasons)
-    prompts = build_prompts(config, components, placeholder_ids)
+    # 3. prompts: templates in the model's language and/or captions, tokenized once (before any UNet/VAE work)
+    prompts = build_prompts(config, components, placeholder_ids, images.paths, captions)
     templates, language, prompt_ids = prompts.templates, prompts.language, prompts.ids
 
     # 4. latents: every image variant encoded once (unless --no_cache_latents); the example stream draws everything
@@ -172,16 +174,20 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
         latent_shape=latent_shape(components.vae, height, width),
         num_train_timesteps=components.noise_scheduler.config.num_train_timesteps,
         noise_offset=config.noise_offset,
+        image_prompts=prompts.image_prompts,
+        buckets=image_buckets(config, images.image_bucket, components.vae, ctx.world_size),
     )
     if not vae_needed_after_setup(config):
         release_vae(components.pipeline)
     else:
         cast_vae_for_decoding(components.vae, precision, encodes_every_step=not config.cache_latents)
-    layout = StreamLayout(images.num_images * config.repeats, config.train_batch_size, ctx.world_size)
+    layout = StreamLayout(images.num_images * config.repeats, config.train_batch_size, ctx.world_size,
+                          tuple(stream.buckets.examples_per_bucket()) if stream.buckets else None)
     if layout.micro_batches_per_epoch < 1:
         raise ConfigError(
             f"--train_batch_size {config.train_batch_size} x {ctx.world_size} card(s) is larger than the "
-            f"{layout.num_examples} examples of an epoch; raise --repeats or lower --train_batch_size"
+            f"{layout.num_examples} examples of an epoch{' (per bucket with --buckets)' if stream.buckets else ''}; "
+            "raise --repeats or lower --train_batch_size"
         )
 
     # 5. optimisation
@@ -204,6 +210,15 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     return run
 
 
+def image_buckets(config: TrainConfig, image_bucket, vae, world_size: int) -> Optional[Buckets]:
+    """The stream's bucket plan with --buckets (None without)."""
+    if image_bucket is None:
+        return None
+    sizes = config.bucket_sizes()
+    return Buckets(sizes, image_bucket, [latent_shape(vae, h, w) for h, w in sizes],
+                   config.train_batch_size * world_size, config.repeats)
+
+
 def summary(run: Run, num_images: int, num_skipped: int) -> str:
     c, layout = run.config, run.layout
     micro_steps = run.max_train_steps * c.gradient_accumulation_steps
@@ -217,7 +232,9 @@ def summary(run: Run, num_images: int, num_skipped: int) -> str:
         ("global batch", layout.global_batch * c.gradient_accumulation_steps),
         ("optimizer steps", run.max_train_steps),
         ("learning rate", f"{run.learning_rate:g}" + (" (scaled)" if c.scale_lr else "")),
-        ("image size (h x w)", f"{c.resolved_height} x {c.resolved_width}"),
+        ("image size (h x w)", f"buckets {run.stream.buckets.summary()}" if run.stream.buckets
+         else f"{c.resolved_height} x {c.resolved_width}"),
+        ("prompts", f"{c.caption_source} ({len(run.stream.prompt_ids)} distinct)"),
         ("latents", "cached (each image variant VAE-encoded once)" if c.cache_latents else "VAE-encoded every step"),
         ("mixed precision", c.mixed_precision),
         ("placeholder tokens", f"{' '.join(c.placeholder_tokens())} -> ids {run.placeholder_ids}"),
