@@ -2,7 +2,7 @@
 
 Sizes   every width w from --bucket_min_side to --bucket_max_side in steps of 64, with the height (a multiple of 64
         in the same range) closest to resolution² / w; a size is kept when its area is within 10% of
-        resolution² (512: 512x512, 448x576, 384x640, ... and their transposes).
+        resolution², in both orientations (512: 512x512, 448x576, 384x640, ... and 576x448, 640x384, ...).
 Images  each goes to the bucket whose aspect ratio is closest to its own (compared in log scale, so 2:1 and 1:2
         are equally far from 1:1). Crop rule: the largest centred region with the bucket's aspect ratio is kept
         and resized to the bucket -- only the small mismatch between the image's and the bucket's aspect ratio
@@ -41,7 +41,7 @@ def bucket_sizes(resolution: int, min_side: int, max_side: int) -> list[tuple[in
     for width in range(math.ceil(min_side / STEP) * STEP, max_side + 1, STEP):
         height = max(STEP, round(target / width / STEP) * STEP)
         if min_side <= height <= max_side and abs(width * height / target - 1) <= AREA_TOLERANCE:
-            sizes.append((height, width))
+            sizes += [(height, width), (width, height)]  # both orientations, whichever width found them
     return sorted(set(sizes), key=lambda hw: hw[1] / hw[0])
 
 

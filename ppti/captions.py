@@ -94,7 +94,7 @@ def read_metadata(data_dir: Path) -> tuple[dict[str, Caption], list[str]]:
         if not (isinstance(entry, dict) and isinstance(entry.get("file_name"), str)
                 and isinstance(entry.get("text"), str)):
             problems.append(f'{path} line {number}: needs "file_name" and "text" strings, e.g. '
-                            '{"file_name": "toy-1.png", "text": "a {} on a red chair"}')
+                            '{"file_name": "0001.png", "text": "a {} on a red chair"}')
             continue
         if clean(entry["text"]):
             captions[Path(entry["file_name"]).as_posix()] = Caption(clean(entry["text"]),

@@ -56,15 +56,19 @@ def build_prompts(config: TrainConfig, components: Components, placeholder_ids: 
     log.info("prompt language: %s (%s)", language, why)
     templates, source = choose_templates(config, language)
     max_length, length_why = prompt_max_length(components)
-    log.info("prompt templates: %d from %s, e.g. %r; %d tokens per prompt (%s)",
-             len(templates), source, templates[0].format(config.placeholder_text()), max_length, length_why)
+    if config.caption_source == "files":
+        log.info("prompts: the captions (the templates are not used); %d tokens per prompt (%s)", max_length,
+                 length_why)
+    else:
+        log.info("prompt templates: %d from %s, e.g. %r; %d tokens per prompt (%s)", len(templates), source,
+                 templates[0].replace("{}", config.placeholder_text()), max_length, length_why)
     table = prompt_table(config, templates, images, captions)
     ids = np.asarray([tokenize_fn(tokenizer, max_length)(text) for text in table.texts], dtype=np.int64)
     if captions is None:
         check_prompts_contain(ids, placeholder_ids, templates, tokenizer)
     else:
         log.info("prompts: %d distinct (--caption_source %s), e.g. %r", len(table.texts), config.caption_source,
-                 table.texts[-1])
+                 table.texts[-1][:200])
         check_caption_prompts(table, ids, placeholder_ids, tokenizer, max_length)
     unknown = unknown_token_templates(ids, table.sources, tokenizer)
     if unknown:
@@ -78,7 +82,8 @@ def check_caption_prompts(table: PromptTable, ids: np.ndarray, placeholder_ids: 
                           max_length: int) -> None:
     """Warn about prompts longer than the text encoder reads (they are truncated), naming their files; refuse
     prompts that do not hold every placeholder vector once as a single token -- naming every such file."""
-    lengths = [len(tokenizer(text)["input_ids"]) for text in table.texts]  # with special tokens, not truncated
+    # with special tokens, not truncated (verbose=False: no tokenizer warning of its own per long prompt)
+    lengths = [len(tokenizer(text, verbose=False)["input_ids"]) for text in table.texts]
     too_long = [i for i, n in enumerate(lengths) if n > max_length]
     if too_long:
         log.warning("%d caption prompt(s) are longer than the text encoder's %d tokens and are truncated: %s",
