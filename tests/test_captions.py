@@ -13,7 +13,8 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import DEMO_IMAGES, run_entry, train_args
+from conftest import DEMO_IMAGES, train_args
+import ppti.train
 from ppti.captions import caption_prompt, load_captions, place_placeholder, read_captions
 from ppti.config import ConfigError, parse_config
 from ppti.data import DataError
@@ -70,7 +71,8 @@ def test_caption_files_and_metadata_jsonl_are_read_chinese_included(tmp_path):
     assert read_captions(images, folder, ".caption")[0][3].text == "from another extension"
 
 
-def test_missing_unreadable_and_malformed_captions_are_all_named_before_any_model_loads(tmp_path):
+def test_missing_unreadable_and_malformed_captions_are_all_named_before_any_model_loads(tiny_model_en, tmp_path,
+                                                                                      monkeypatch):
     folder = concept(tmp_path, {"toy-1.txt": "fine", "toy-2.txt": "   "},
                      metadata=[{"file_name": "toy-3.png"}])
     (folder / "toy-4.txt").write_bytes("un café".encode("latin-1"))  # saved in a legacy code page
@@ -83,11 +85,13 @@ def test_missing_unreadable_and_malformed_captions_are_all_named_before_any_mode
     assert "3 of 4 image(s) have no caption" in message and "toy-2.png, toy-3.png, toy-4.png" in message
     assert "toy-1.png" not in message
 
-    # through the entry point: one error, exit code 2, before the model folder is even looked at
-    done = run_entry(train_args(tmp_path / "no-such-model", folder, tmp_path / "out", caption_source="files"))
-    assert done.returncode == 2 and "toy-2.png, toy-3.png, toy-4.png" in done.stderr
-    assert "Traceback" not in done.stderr and "Loading pipeline" not in done.stderr
-    assert "no-such-model" not in done.stderr
+    # in a run: refused before any model loads
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the captions were checked")
+
+    monkeypatch.setattr(ppti.train, "load_components", no_model)
+    with pytest.raises(DataError, match="toy-2.png, toy-3.png, toy-4.png"):
+        train(_config(tiny_model_en, folder, tmp_path / "out", caption_source="files"), DistContext())
 
 
 def test_templates_mode_reads_no_captions(tmp_path):
