@@ -16,6 +16,13 @@ Configurations:
 - example + <one optimisation>: the example with one of ppti's optimisations alone;
 - ppti defaults and ppti with one flag: the real trainer (ppti.train.setup + ppti.train.optimizer_step).
 A configuration the device cannot run (e.g. --mixed_precision on a CPU build) is listed as skipped, with why.
+
+The cost of aspect-ratio buckets at equal area: the two "mixed-aspect images" configurations train on a copy of the
+images cut to 4:1, 1:1, 1:4 and 3:1 -- square at --resolution with --center_crop, and with --buckets (at 128 px the
+buckets 64x256, 128x128 and 256x64 all have exactly 128² pixels):
+
+    python benchmarks/bench_train.py --size small --steps 10 --warmup_steps 2 --rounds 2 \
+        --configs "ppti square (mixed-aspect images),ppti --buckets (mixed-aspect images)"
 """
 
 from __future__ import annotations
@@ -48,7 +55,10 @@ CONFIGS = {
     "ppti --gradient_checkpointing": ("ppti", ["--gradient_checkpointing"]),
     "ppti --mixed_precision bf16": ("ppti", ["--mixed_precision", "bf16"]),
     "ppti --mixed_precision fp16": ("ppti", ["--mixed_precision", "fp16"]),
+    "ppti square (mixed-aspect images)": ("ppti", ["--center_crop"]),
+    "ppti --buckets (mixed-aspect images)": ("ppti", ["--buckets"]),
 }
+MIXED_ASPECTS = [(4, 1), (1, 1), (1, 4), (3, 1)]  # width:height of the mixed-aspect copies, image by image
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -136,12 +146,29 @@ def run_worker(args) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 # orchestrator
 # ------------------------------------------------------------------------------------------------------------
+def write_mixed_aspect_images(data_dir: Path, out: Path) -> Path:
+    """A copy of the images centre-cropped to the MIXED_ASPECTS in turn (same pixels per image as far as they go)."""
+    from PIL import Image
+
+    from ppti.data import center_crop_to_aspect, find_image_files
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(find_image_files(data_dir)[0]):
+        width, height = MIXED_ASPECTS[i % len(MIXED_ASPECTS)]
+        with Image.open(path) as image:
+            center_crop_to_aspect(image.convert("RGB"), height, width).save(out / f"{path.stem}.png")
+    return out
+
+
 def run_configuration(name: str, args, model_dir: Path, log_dir: Path) -> dict:
     """One configuration in a fresh Python process; its stderr goes to log_dir/<name>.log."""
-    log_path = log_dir / (name.replace(" ", "_").replace("/", "-") + ".log")
+    log_path = log_dir / (name.replace(" ", "_").replace("/", "-")+ ".log")
+    data_dir = args.data_dir
+    if "mixed-aspect" in name:
+        data_dir = write_mixed_aspect_images(args.data_dir, log_dir / "mixed-aspect-images")
     command = [
         sys.executable, str(Path(__file__).resolve()), "--worker", name, "--model_dir", str(model_dir),
-        "--data_dir", str(args.data_dir), "--out_dir", str(log_dir / "out"), "--resolution", str(args.resolution),
+        "--data_dir", str(data_dir), "--out_dir", str(log_dir / "out"), "--resolution", str(args.resolution),
         "--steps", str(args.steps), "--warmup_steps", str(args.warmup_steps), "--batch_size", str(args.batch_size),
     ]
     started = time.perf_counter()

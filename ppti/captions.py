@@ -5,7 +5,7 @@ Reading  IMAGE.txt beside each image (`--caption_extension`), else the `text` of
          metadata.jsonl line. UTF-8 (a byte-order mark is accepted); line breaks and runs of spaces become one space.
 Prompt   `--caption_template` (default `{caption}`: the caption alone) with the caption in place of `{caption}`;
          then the placeholder goes where the text writes `{}`, else where it already writes the placeholder
-         token, else in front: "<tok>, caption". So write `{}` in the template or in the captions, not in both.
+         token, else in front: "<tok>, caption" ("<tok>，caption" before Chinese text). So write `{}` in the template or in the captions, not in both.
          With --num_vectors n, "the placeholder" is all n vectors ("<tok> <tok>_1 ...").
 Mixing   `files`: each image trains on its caption prompt. `both`: on the templates and its caption prompt, drawn
          uniformly; a template may write `{caption}` (WebUI's [filewords]) and then gets the image's caption.
@@ -32,6 +32,7 @@ log = logging.getLogger("ppti")
 
 METADATA_FILE = "metadata.jsonl"
 LISTED = 10  # problems named one by one in a message; the rest are counted
+CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,15 @@ def read_captions(images: Sequence[Path], data_dir: Path, extension: str) -> tup
 # Prompts
 # ------------------------------------------------------------------------------------------------------------
 def place_placeholder(text: str, token: str, placeholder_text: str) -> str:
-    """The placeholder where `text` writes {}, else where it writes the token, else in front ("<tok>, text")."""
+    """The placeholder where `text` writes {}, else where it writes the token, else in front ("<tok>, text"; a
+    full-width comma before Chinese text: "<tok>，text")."""
     if "{}" in text:
         return text.replace("{}", placeholder_text)
     if placeholder_text in text:
         return text
     if token in text:
         return text.replace(token, placeholder_text)
-    return f"{placeholder_text}, {text}"
+    return placeholder_text + ("，" if CJK.search(text) else ", ") + text
 
 
 def caption_prompt(caption: str, caption_template: Optional[str], token: str, placeholder_text: str) -> str:
@@ -151,7 +153,8 @@ def load_captions(config, images: Sequence[Path]) -> Optional[list[Caption]]:
     if missing:
         problems.append(
             f"--caption_source {config.caption_source}: {len(missing)} of {len(images)} image(s) have no caption "
-            f"(no non-empty IMAGE{config.caption_extension} beside it, no {METADATA_FILE} line): {listing(missing)}. "
+            f"(no non-empty {config.caption_extension} file of the same name beside it, no {METADATA_FILE} line): "
+            f"{listing(missing)}. "
             "Write them, or use --caption_source templates")
     twice = [f"{image.name} ({caption.source})" for image, caption in zip(images, captions) if caption
              and placeholder_count(caption_prompt(caption.text, config.caption_template, config.placeholder_token,

@@ -106,7 +106,7 @@ def test_templates_mode_reads_no_captions(tmp_path):
     ("a {} on a red chair", None, "a <t> on a red chair"),  # {} marks the place
     ("a <t> on a red chair", None, "a <t> on a red chair"),  # so does the placeholder itself
     ("a toy on a red chair", None, "<t>, a toy on a red chair"),  # neither: in front
-    ("一只蓝色的猫", None, "<t>, 一只蓝色的猫"),
+    ("一只蓝色的猫", None, "<t>，一只蓝色的猫"),  # a full-width comma before Chinese
     ("on a red chair", "a photo of {}, {caption}", "a photo of <t>, on a red chair"),
     ("a {} on a chair", "{caption}, high quality", "a <t> on a chair, high quality"),
     ("a chair", "{caption} with braces {x}", "<t>, a chair with braces {x}"),  # only {} and {caption} are read
