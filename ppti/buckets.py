@@ -90,7 +90,7 @@ class Buckets:
                 continue
             note = ""
             if examples < self.global_batch:
-                note = f" (never trained: {examples} examples < global batch {self.global_batch})"
+                note = f" (never trained: {examples} example(s) < global batch {self.global_batch})"
             elif examples % self.global_batch:
                 note = f" ({examples % self.global_batch} of {examples} examples dropped per epoch)"
             parts.append(f"{h}x{w}: {n} image{'s' if n > 1 else ''}{note}")

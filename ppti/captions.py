@@ -160,7 +160,7 @@ def load_captions(config, images: Sequence[Path]) -> Optional[list[Caption]]:
              and placeholder_count(caption_prompt(caption.text, config.caption_template, config.placeholder_token,
                                                   config.placeholder_text()), config.placeholder_token) > 1]
     if twice:
-        problems.append(f"the caption prompt of {listing(twice)} holds the placeholder more than once; write {{}} "
+        problems.append(f"caption prompts holding the placeholder more than once: {listing(twice)}; write {{}} "
                         "(or the placeholder) in the caption or in --caption_template, not in both")
     if problems:
         raise DataError("captions of --train_data_dir " + str(data_dir) + ":\n  - " + "\n  - ".join(problems))

@@ -127,7 +127,7 @@ def test_placeholder_written_twice_is_refused_naming_the_file(tmp_path):
     folder = concept(tmp_path, {f"toy-{i}.txt": "on a chair" for i in (1, 2, 3)} | {"toy-4.txt": "a {} on a chair"})
     config = _config(tmp_path / "m", folder, tmp_path / "out", caption_source="files",
                      caption_template="a photo of {}, {caption}")
-    with pytest.raises(DataError, match=r"toy-4\.png \(toy-4\.txt\) holds the placeholder more than once"):
+    with pytest.raises(DataError, match=r"holding the placeholder more than once: toy-4\.png \(toy-4\.txt\);"):
         load_captions(config, sorted(folder.glob("*.png")))
 
 
