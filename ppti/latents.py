@@ -7,7 +7,8 @@ Both return `(mean + std * eps) * scaling_factor` for the example stream's own `
 `latent_dist.sample()` computes -- so they draw from the same distribution, and with the same `eps` give the same
 latents up to float rounding.
 
-With --buckets the variants have their bucket's size; a micro-batch is always one bucket, so its latents stack.
+With --buckets the variants differ in size: `BucketedLatents` keeps one cache (or encoder) per bucket, and a
+micro-batch, always one bucket, is served by its bucket's.
 
 Once the cache is built the VAE is only needed to decode validation images or to save the full pipeline;
 otherwise `release_vae` drops it so its weights do not sit in (device) memory for the whole run.
@@ -33,13 +34,13 @@ def _posterior(vae, pixels: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor
 class EncodedLatents:
     """Encodes the batch's image variants with the VAE at every step (`--no_cache_latents`)."""
 
-    def __init__(self, vae, pixels):
-        self.vae, self.pixels = vae, pixels  # pixels[v]: (3, H, W) float32, every variant decoded once
+    def __init__(self, vae, pixels: np.ndarray):
+        self.vae, self.pixels = vae, pixels  # pixels: (V, 3, H, W) float32, every variant decoded once
         self.scaling = float(vae.config.scaling_factor)
 
     def sample(self, variants: paddle.Tensor, eps: paddle.Tensor) -> paddle.Tensor:
         """(B, C, h, w) float32 latents of `variants` (B,) for the posterior noise `eps` (B, C, h, w)."""
-        pixels = paddle.to_tensor(np.stack([self.pixels[v] for v in variants.numpy()]))
+        pixels = paddle.to_tensor(self.pixels[variants.numpy()])
         with paddle.no_grad():
             mean, std = _posterior(self.vae, pixels)
         mean, std = mean.astype("float32"), std.astype("float32")
@@ -47,34 +48,57 @@ class EncodedLatents:
 
 
 class CachedLatents:
-    """Posterior mean/std of every variant, computed once (one VAE encode per variant), kept in float32.
+    """Posterior mean/std of every variant, computed once (one VAE encode per variant), kept in float32."""
 
-    One (C, h, w) tensor per variant: with --buckets the variants differ in size."""
-
-    def __init__(self, vae, pixels):
+    def __init__(self, vae, pixels: np.ndarray):
         self.scaling = float(vae.config.scaling_factor)
-        self.mean, self.std = [], []  # [V] of (C, h, w)
+        means, stds = [], []
         with paddle.no_grad():
             for variant in pixels:  # one at a time: the activation peak of a single image
                 mean, std = _posterior(vae, paddle.to_tensor(variant[None]))
-                self.mean.append(mean[0].astype("float32"))
-                self.std.append(std[0].astype("float32"))
+                means.append(mean.astype("float32"))
+                stds.append(std.astype("float32"))
+        self.mean = paddle.concat(means)  # (V, C, h, w)
+        self.std = paddle.concat(stds)
 
     def sample(self, variants: paddle.Tensor, eps: paddle.Tensor) -> paddle.Tensor:
         """(B, C, h, w) float32 latents of `variants` (B,) for the posterior noise `eps` (B, C, h, w)."""
-        mean = paddle.stack([self.mean[v] for v in variants.tolist()])
-        std = paddle.stack([self.std[v] for v in variants.tolist()])
+        mean = paddle.gather(self.mean, variants)
+        std = paddle.gather(self.std, variants)
         return (mean + std * eps) * self.scaling
 
 
-def latent_source(vae, pixels, cache: bool) -> CachedLatents | EncodedLatents:
-    """The cache (default) or per-step encoding, as `--cache_latents` / `--no_cache_latents` asks."""
-    if not cache:
+class BucketedLatents:
+    """One CachedLatents (or EncodedLatents) per bucket; each micro-batch is drawn from a single bucket."""
+
+    def __init__(self, kind, vae, pixels, variant_bucket: np.ndarray):
+        self.bucket = variant_bucket  # (V,) bucket of each variant
+        self.local = np.zeros_like(variant_bucket)  # (V,) index of each variant within its bucket
+        self.sources = {}
+        for bucket in np.unique(variant_bucket):
+            members = np.flatnonzero(variant_bucket == bucket)
+            self.local[members] = np.arange(len(members))
+            self.sources[int(bucket)] = kind(vae, np.stack([pixels[v] for v in members]))
+
+    def sample(self, variants: paddle.Tensor, eps: paddle.Tensor) -> paddle.Tensor:
+        """(B, C, h, w) float32 latents of `variants` (B,), all of one bucket, for the posterior noise `eps`."""
+        ids = variants.numpy()
+        buckets = set(self.bucket[ids].tolist())
+        if len(buckets) != 1:
+            raise RuntimeError(f"a micro-batch mixes buckets {sorted(buckets)}")
+        return self.sources[buckets.pop()].sample(paddle.to_tensor(self.local[ids]), eps)
+
+
+def latent_source(vae, pixels, cache: bool, variant_bucket: np.ndarray | None = None):
+    """The cache (default) or per-step encoding, as `--cache_latents` / `--no_cache_latents` asks; per bucket when
+    `variant_bucket` ((V,) bucket of each variant) is given."""
+    kind = CachedLatents if cache else EncodedLatents
+    source = kind(vae, pixels) if variant_bucket is None else BucketedLatents(kind, vae, pixels, variant_bucket)
+    if cache:
+        log.info("latents: posterior of %d image variants cached (the VAE encoded each once)", len(pixels))
+    else:
         log.info("latents: the VAE encodes every micro-batch (--no_cache_latents)")
-        return EncodedLatents(vae, pixels)
-    latents = CachedLatents(vae, pixels)
-    log.info("latents: posterior of %d image variants cached (the VAE encoded each once)", len(pixels))
-    return latents
+    return source
 
 
 def vae_needed_after_setup(config) -> bool:

@@ -165,7 +165,8 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     # 4. latents: every image variant encoded once (unless --no_cache_latents); the example stream draws everything
     # else per example. The VAE is released afterwards when nothing else needs it.
     height, width = config.resolved_height, config.resolved_width
-    latents = latent_source(components.vae, images.pixels, config.cache_latents)
+    variant_bucket = None if images.image_bucket is None else np.repeat(images.image_bucket, 2)  # (V,)
+    latents = latent_source(components.vae, images.pixels, config.cache_latents, variant_bucket)
     stream = ExampleStream(
         seed=seed,
         num_images=images.num_images,

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import paddle
 import pytest
 from PIL import Image
 
@@ -18,6 +19,7 @@ from ppti.config import ConfigError, parse_config
 from ppti.data import RankBatches, StreamLayout, load_concept_images
 from ppti.distributed import DistContext
 from ppti.embeddings import read_embeddings
+from ppti.latents import EncodedLatents, latent_shape, latent_source
 from ppti.train import batches, setup, train
 from test_captions import ppti_log  # noqa: F401 - a fixture
 from test_distributed import SCALE_SENSITIVE_ADAM, assert_same_update, initial_rows, launch, saved_rows
@@ -150,6 +152,28 @@ def test_every_rank_of_a_step_draws_the_same_bucket(mixed_images, tiny_model_en,
 def test_bad_bucket_flags_are_refused_before_loading(tmp_path, flags, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(train_args(tmp_path / "no-model", tmp_path, tmp_path / "out", **flags))
+
+
+def test_bucketed_cache_gives_each_variant_its_own_vae_posterior(mixed_images, tiny_model_en):
+    """The per-bucket cache samples what encoding the batch at its bucket size gives, and refuses mixed batches."""
+    from ppdiffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(tiny_model_en / "vae"))
+    vae.eval()
+    images = load_concept_images(mixed_images, 64, 64, False, bucket_sizes=bucket_sizes(RESOLUTION, 64, 256))
+    variant_bucket = np.repeat(images.image_bucket, 2)
+    cached = latent_source(vae, images.pixels, True, variant_bucket)
+    encoded = latent_source(vae, images.pixels, False, variant_bucket)
+    for bucket in range(3):
+        variants = np.flatnonzero(variant_bucket == bucket)[::-1].copy()  # both images, both flips, reordered
+        shape = latent_shape(vae, *bucket_sizes(RESOLUTION, 64, 256)[bucket])
+        eps = paddle.to_tensor(np.random.default_rng(bucket).standard_normal((len(variants), *shape), np.float32))
+        direct = EncodedLatents(vae, np.stack([images.pixels[v] for v in variants]))
+        expected = direct.sample(paddle.arange(len(variants)), eps).numpy()
+        np.testing.assert_allclose(cached.sample(paddle.to_tensor(variants), eps).numpy(), expected, atol=1e-5)
+        np.testing.assert_allclose(encoded.sample(paddle.to_tensor(variants), eps).numpy(), expected, atol=1e-5)
+    with pytest.raises(RuntimeError, match="mixes buckets"):
+        cached.sample(paddle.to_tensor([0, 4]), paddle.zeros([2, 4, 16, 16]))
 
 
 # ------------------------------------------------------------------------------------------------------------
