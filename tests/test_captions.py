@@ -193,6 +193,13 @@ def test_both_mixes_templates_and_captions_and_fills_caption_templates(tiny_mode
     assert drawn[3] == {"a photo of a <demo-toy>", "a rendering of <demo-toy>, y background",
                         "<demo-toy>, y background"}
 
+    # a caption that also writes {} puts a second placeholder into the {caption} template: refused, file named
+    (folder / "toy-2.txt").write_text("a {} on a green background", encoding="utf-8")
+    with pytest.raises(TokenError, match=r"template 'a rendering of \{\}, \{caption\}' with the caption of "
+                                         r"toy-2\.png \(caption from toy-2\.txt\) \(counts \[2\]"):
+        setup(_config(tiny_model_en, folder, tmp_path / "out", caption_source="both", templates=templates),
+              DistContext())
+
 
 def test_long_captions_are_reported_by_file_and_a_cut_placeholder_refused(tiny_model_en, tmp_path, ppti_log):
     long = " ".join(["a very long description of the colours"] * 14)  # ~100 CLIP tokens, the limit is 77
