@@ -20,7 +20,7 @@ from ppti.data import RankBatches, StreamLayout, load_concept_images
 from ppti.distributed import DistContext
 from ppti.embeddings import read_embeddings
 from ppti.latents import EncodedLatents, latent_shape, latent_source
-from ppti.train import batches, setup, train
+from ppti.train import batches, micro_step_loss, setup, train
 from test_captions import ppti_log  # noqa: F401 - a fixture
 from test_distributed import SCALE_SENSITIVE_ADAM, assert_same_update, initial_rows, launch, saved_rows
 
@@ -138,6 +138,9 @@ def test_every_rank_of_a_step_draws_the_same_bucket(mixed_images, tiny_model_en,
         assert len(buckets) == 1
         seen |= buckets
     assert seen == {0, 1, 2}
+    # the frozen evaluation batch (--eval_steps) is cut into chunks of one bucket each, so its loss runs
+    assert {tuple(chunk["noise"].shape[1:]) for chunk in run.evaluation.frozen.chunks} <= set(shapes.values())
+    assert np.isfinite(run.evaluation.frozen.loss(lambda batch: micro_step_loss(run, batch)))
     for batch in batches(run, 0):  # what the loader hands the loop: one size per micro-batch, its bucket's
         bucket = {int(run.stream.buckets.image_bucket[v // 2]) for v in batch["variant"].numpy()}
         assert len(bucket) == 1 and tuple(batch["noise"].shape[1:]) == shapes[bucket.pop()]

@@ -25,10 +25,14 @@ class FrozenBatch:
     def __init__(self, stream, size: int):
         from paddle.io.dataloader.collate import default_collate_fn
 
-        per_epoch = stream.num_images * stream.repeats
+        per_epoch = len(stream.order(FROZEN_EPOCH))  # with --buckets, without each bucket's incomplete batch
         examples = [stream.example(FROZEN_EPOCH + i // per_epoch, i % per_epoch) for i in range(size)]
+        by_size: dict[tuple, list] = {}  # with --buckets a chunk holds one bucket's examples (one latent size)
+        for example in examples:
+            by_size.setdefault(example["noise"].shape, []).append(example)
         self.size = size
-        self.chunks = [default_collate_fn(examples[i:i + CHUNK]) for i in range(0, size, CHUNK)]
+        self.chunks = [default_collate_fn(group[i:i + CHUNK]) for group in by_size.values()
+                       for i in range(0, len(group), CHUNK)]
         self.timesteps = np.concatenate([np.asarray(c["timestep"]) for c in self.chunks])  # (size,)
 
     def loss(self, loss_fn: Callable[[dict], paddle.Tensor]) -> float:
