@@ -1,18 +1,58 @@
 """Crash-safe file writes: write to a temporary name in the same folder, fsync, then rename.
 
 A crash, Ctrl-C or full disk in the middle of a save leaves either the previous file or the new one,
-never a truncated file under the final name.
+never a truncated file under the final name. Every file ppti writes goes through here (or, for folders written by
+other libraries, through `atomic_dir`), and any OSError of a write becomes one `WriteError` line naming the file and
+its folder ("no space left on the device of ... (while writing ...)"), with no temporary file left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 TMP_MARK = ".ppti-tmp-"
+
+# errno -> what to tell the user about the folder; other errors are reported with their own strerror
+_REASONS = {
+    errno.ENOSPC: "no space left on the device of",
+    errno.EDQUOT: "the disk quota is exceeded for",
+    errno.EROFS: "read-only file system at",
+    errno.EACCES: "no permission to write in",
+    errno.EPERM: "no permission to write in",
+}
+
+
+class WriteError(OSError):
+    """A file could not be written; the message names the file and its folder, and says the previous file (if
+    any) is unchanged."""
+
+    def __init__(self, path: str | os.PathLike, exc: OSError):
+        path = Path(path)
+        reason = _REASONS.get(exc.errno)
+        where = f"{reason} {path.parent}" if reason else f"cannot write in {path.parent} ({exc.strerror or exc})"
+        super().__init__(exc.errno, f"{where} (while writing {path.name}); free space or fix the folder, or write "
+                                    "elsewhere. Nothing was half-written: an earlier file of that name is unchanged")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+@contextlib.contextmanager
+def write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Any OSError inside the block becomes a WriteError about writing `path`."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise WriteError(path, exc) from None
 
 
 @contextlib.contextmanager
@@ -22,25 +62,55 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Use for writers that insist on a file name (paddle.save, safetensors.save_file, PIL.Image.save).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_MARK, suffix=final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    tmp = None
+    with write_errors(final):
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=TMP_MARK, suffix=final.suffix, dir=final.parent)
+            os.close(fd)
+            tmp = Path(tmp_name)
+            yield tmp
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            set_normal_permissions(tmp)  # mkstemp creates 0600
+            os.replace(tmp, final)
+        finally:
+            if tmp is not None and tmp.exists():
+                tmp.unlink()
 
 
-def _umask() -> int:
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to `path` for a library that writes a whole folder (save_pretrained); on
+    success each of its entries replaces the entry of the same name in `path` (a file by rename, a folder by
+    rename after the old one is moved aside), on error it is removed. Entries of `path` it does not hold stay."""
+    final = Path(path)
+    tmp = None
+    with write_errors(final):
+        try:
+            final.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=TMP_MARK, dir=final))
+            set_normal_permissions(tmp)  # mkdtemp creates 0700
+            yield tmp
+            for entry in sorted(tmp.iterdir()):
+                target = final / entry.name
+                if entry.is_dir() and target.is_dir():
+                    old = final / f"{TMP_MARK}old-{entry.name}"
+                    os.rename(target, old)
+                    os.rename(entry, target)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(entry, target)
+        finally:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def set_normal_permissions(path: Path) -> None:
+    """The permissions open()/mkdir() would give (0666/0777 less the umask); mkstemp/mkdtemp create 0600/0700."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -36,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from .atomic import TMP_MARK, atomic_write_text
+from .atomic import TMP_MARK, atomic_write_text, set_normal_permissions, write_errors
 from .config import ConfigError, TrainConfig, to_yaml
 
 log = logging.getLogger("ppti")
@@ -221,14 +221,27 @@ def save_checkpoint(config: TrainConfig, step: int, rows_param, optimizer, lr_sc
                     facts: RunFacts) -> Path:
     """Write output_dir/checkpoints/checkpoint-{step}/ atomically, then keep the newest --checkpoints_total_limit.
     `loss_scaler` is the precision.LossScaler (scale, clean steps, skipped steps)."""
+    root = checkpoints_root(config.output_dir)
+    final = root / f"checkpoint-{step}"
+    with write_errors(final):  # a full disk: one line, the previous checkpoints untouched, no temporary left
+        _save_checkpoint_files(config, step, rows_param, optimizer, lr_scheduler, loss_scaler, facts, final)
+    log.info("saved checkpoint %s", final)
+    remove_interrupted_saves(config.output_dir)
+    if config.checkpoints_total_limit:
+        keep_newest(config.output_dir, config.checkpoints_total_limit)
+    return final
+
+
+def _save_checkpoint_files(config: TrainConfig, step: int, rows_param, optimizer, lr_scheduler, loss_scaler,
+                           facts: RunFacts, final: Path) -> None:
     from .embeddings import write_embeddings
     from safetensors.numpy import save_file
 
-    root = checkpoints_root(config.output_dir)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"checkpoint-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}{TMP_MARK}", dir=root))
     try:
+        set_normal_permissions(tmp)  # (mkdtemp creates 0700)
         # Plain writes are enough inside the temporary directory: it only gets its final name once complete.
         write_embeddings(tmp / ROWS_FILE, {config.placeholder_token: rows_param.numpy().astype(np.float32)},
                          fmt="pdparams")
@@ -259,11 +272,6 @@ def save_checkpoint(config: TrainConfig, step: int, rows_param, optimizer, lr_sc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("saved checkpoint %s", final)
-    remove_interrupted_saves(config.output_dir)
-    if config.checkpoints_total_limit:
-        keep_newest(config.output_dir, config.checkpoints_total_limit)
-    return final
 
 
 def keep_newest(output_dir: str | Path, limit: int) -> None:
@@ -293,6 +301,9 @@ def resolve_checkpoint(config: TrainConfig) -> Optional[Path]:
             return None
         return found[-1][1]
     path = Path(wanted).expanduser()
+    if path.is_file():
+        raise CheckpointError(f"--resume_from_checkpoint {wanted}: a file, not a checkpoint folder (give "
+                              f"{CHECKPOINTS_DIR}/checkpoint-N of a run's --output_dir, or 'latest')")
     if not path.is_dir():
         raise CheckpointError(f"--resume_from_checkpoint {wanted}: no such directory (give a checkpoint-N folder "
                               f"or 'latest')")
@@ -310,14 +321,21 @@ def resolve_checkpoint(config: TrainConfig) -> Optional[Path]:
 
 def verify_files(path: Path) -> dict[str, Any]:
     """The marker, after checking every file it lists is there with the recorded size and hash."""
-    marker = json.loads((path / MARKER_FILE).read_text(encoding="utf-8"))
-    for name, expected in marker["files"].items():
+    earlier = ", ".join(str(p) for step, p in _complete_in(path.parent) if p.name != path.name) or "none"
+    damaged = f"resume from an earlier checkpoint ({earlier})"
+    try:
+        marker = json.loads((path / MARKER_FILE).read_text(encoding="utf-8"))
+        files, step = marker["files"].items(), int(marker["step"])
+        checks = [(name, int(expected["bytes"]), str(expected["sha256"])) for name, expected in files]
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):  # JSON, UTF-8, layout
+        raise CheckpointError(f"--resume_from_checkpoint {path}: {MARKER_FILE} is damaged; {damaged}") from None
+    for name, size, sha256 in checks:
         file = path / name
-        if not file.is_file() or file.stat().st_size != expected["bytes"] or _sha256(file) != expected["sha256"]:
+        if not file.is_file() or file.stat().st_size != size or _sha256(file) != sha256:
             raise CheckpointError(
                 f"--resume_from_checkpoint {path}: {name} is missing or damaged (size/sha256 differ from "
-                f"{MARKER_FILE}); resume from an earlier checkpoint")
-    return marker
+                f"{MARKER_FILE}); {damaged}")
+    return {**marker, "step": step}
 
 
 def saved_config(path: Path) -> TrainConfig:

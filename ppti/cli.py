@@ -24,6 +24,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     warnings.filterwarnings("ignore", message="No ccache found")
     warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
     # Paddle and ppdiffusers import slowly: only after the configuration is known to be valid.
+    from .atomic import WriteError
     from .data import DataError
     from .models import ModelError
     from .signals import TrainingInterrupted
@@ -35,6 +36,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, DataError, ModelError, TokenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except WriteError as exc:  # a full disk, a read-only or foreign folder: the previous files are intact
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_TRAINING_FAILED

@@ -24,6 +24,13 @@ from .templates import caption_template_problem, parse_template_file
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_MAX_TRAIN_STEPS = 5000  # the example's effective default when neither length flag is given
+# Largest --resolution/--height/--width: Stable Diffusion models train at 512-1024 pixels, and memory grows with the
+# square of the side (at 2048 the UNet's self-attention alone needs tens of GB); larger values fail late, or the
+# kernel kills the process.
+MAX_IMAGE_SIDE = 2048
+# Most vectors any supported model's prompt can hold: Taiyi (BERT) pads prompts to 512 tokens, less [CLS] and [SEP].
+# The exact limit of a model (77-token CLIP prompts: about 70) is checked from its tokenizer before weights load.
+MAX_NUM_VECTORS = 510
 
 
 class ConfigError(ValueError):
@@ -130,6 +137,11 @@ class TrainConfig:
     )
     # --- outputs ---------------------------------------------------------------------------------------
     output_dir: str = _f("text-inversion-model", "Where embeddings, logs and the pipeline are written.")
+    overwrite_output_dir: bool = _f(
+        False, "Train into an --output_dir that holds an earlier run: that run's files (learned_embeds*, "
+        "checkpoints/, validation/, logs, train_config.yaml, a saved pipeline) are removed first, so the two runs "
+        "never mix. Without it such a folder is refused (unless --resume_from_checkpoint continues the run).",
+    )
     save_steps: int = _f(500, "Save learned_embeds-steps-N.pdparams every X optimizer steps.")
     save_format: Literal["pdparams", "safetensors", "both"] = _f(
         "pdparams",
@@ -230,18 +242,25 @@ class TrainConfig:
     def problems(self) -> list[str]:
         """Every problem with the values, each naming its flag; empty when the config is valid."""
         out: list[str] = []
+        out += self._encoding_problems()
         for name in ("pretrained_model_name_or_path", "train_data_dir", "placeholder_token", "initializer_token"):
             if not getattr(self, name):
                 out.append(f"--{name} is required")
-        if self.placeholder_token is not None and (
-            not self.placeholder_token.strip() or any(c.isspace() for c in self.placeholder_token)
-        ):
+        if not self.output_dir:
+            out.append("--output_dir is empty; give a folder such as outputs/my-concept")
+        if not self.logging_dir:
+            out.append("--logging_dir is empty; give a folder name such as logs")
+        if self.placeholder_token and any(c.isspace() for c in self.placeholder_token):
             out.append(
                 f"--placeholder_token {self.placeholder_token!r} contains white space; use one word such as "
                 "'<cat-toy>'"
             )
         if self.initializer_token is not None and not self.initializer_token.strip():
             out.append("--initializer_token is empty; give a word close to the concept, e.g. 'toy' or 'style'")
+        elif self.initializer_token and self.placeholder_token and any(
+                word in self.placeholder_tokens()[:MAX_NUM_VECTORS] for word in self.initializer_token.split()):
+            out.append(f"--initializer_token {self.initializer_token!r} is the placeholder itself, a new word "
+                       "without an embedding yet; give an existing word close to the concept, e.g. 'toy' or 'style'")
         if self.templates is not None:
             out += parse_template_file(self.templates)[1]
         out += caption_problems(self)
@@ -260,13 +279,21 @@ class TrainConfig:
         for name in ("lr_warmup_steps", "dataloader_num_workers", "checkpointing_steps", "eval_steps"):
             if getattr(self, name) < 0:
                 out.append(f"--{name} must be >= 0 (got {getattr(self, name)})")
-        for name, value in (("height", self.resolved_height), ("width", self.resolved_width)):
+        if self.num_vectors > MAX_NUM_VECTORS:
+            out.append(f"--num_vectors {self.num_vectors}: the placeholders cannot fit the prompt length; at most "
+                       f"{MAX_NUM_VECTORS} with any supported model (77-token CLIP prompts: about 70)")
+        # (each side once: --resolution only when it stands in for --height or --width)
+        sides = [("resolution", self.resolution)] if self.height is None or self.width is None else []
+        sides += [(name, getattr(self, name)) for name in ("height", "width") if getattr(self, name) is not None]
+        for name, value in sides:
             if value >= 1 and value % 8:
-                source = f"--{name}" if getattr(self, name) is not None else f"--resolution (used for {name})"
-                out.append(
-                    f"{source} = {value} is not a multiple of 8 (the VAE downsamples by 8); "
-                    f"use {max(8, value // 8 * 8)} or {value // 8 * 8 + 8}"
-                )
+                used = [side for side in ("height", "width") if getattr(self, side) is None]
+                source = f"--{name}" + (f" (used for {' and '.join(used)})" if name == "resolution" else "")
+                options = " or ".join(str(v) for v in sorted({max(8, value // 8 * 8), value // 8 * 8 + 8}))
+                out.append(f"{source} = {value} is not a multiple of 8 (the VAE downsamples by 8); use {options}")
+            if value > MAX_IMAGE_SIDE:
+                out.append(f"--{name} {value} is above the maximum {MAX_IMAGE_SIDE} (Stable Diffusion models train "
+                           "at 512-1024; memory grows with the square of the side)")
         if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
             out.append(f"--learning_rate must be a positive number (got {self.learning_rate})")
         if not 0 <= self.adam_beta1 < 1 or not 0 <= self.adam_beta2 < 1:
@@ -293,6 +320,23 @@ class TrainConfig:
             out.append(f"--early_stopping_window must be >= 2 (got {self.early_stopping_window})")
         if not self.early_stopping_threshold > 0:
             out.append(f"--early_stopping_threshold must be > 0 (got {self.early_stopping_threshold})")
+        return out
+
+    def _encoding_problems(self) -> list[str]:
+        """Text the shell passed in another encoding than UTF-8 (Python keeps such bytes as lone surrogates): it
+        can be neither tokenized nor written to train_config.yaml."""
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            for text in value if isinstance(value, list) else [value]:
+                try:
+                    text.encode("utf-8") if isinstance(text, str) else None
+                except UnicodeEncodeError:
+                    shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+                    out.append(f"--{f.name} '{shown}' is not valid UTF-8 "
+                               "(the terminal passed bytes in another encoding); set a UTF-8 locale, e.g. "
+                               "LANG=C.UTF-8, and type it again")
+                    break
         return out
 
 
@@ -380,6 +424,7 @@ class _BooleanFlag(argparse.BooleanOptionalAction):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="train_textual_inversion.py",
+        allow_abbrev=False,  # --max_train would silently mean --max_train_steps
         description="Textual inversion for Stable Diffusion with PaddlePaddle (ppti). Every flag can also be a key "
         "of the --config YAML file; flags given on the command line override the file.",
         argument_default=argparse.SUPPRESS,  # so that we know which flags the user actually gave
@@ -397,12 +442,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Check a YAML value's type against the field; ints are accepted for floats."""
     f = {f.name: f for f in fields(TrainConfig)}[name]
     kind, choices = _field_kind(f)
-    if value is None:
+    if value is None and f.default is None and f.default_factory is dataclasses.MISSING:  # an Optional field
         return None
+    if value is None:
+        raise ConfigError(f"{source}: '{name}' must be {_KIND_NAMES.get(kind, kind.__name__)}, got null (leave the "
+                          f"key out for the default {f.default!r})")
     if kind is list:  # a single string stays valid: it is a list of one
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
@@ -416,7 +467,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         except ValueError:
             pass
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{source}: '{name}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{source}: '{name}' must be {_KIND_NAMES.get(kind, kind.__name__)}, got "
+                          f"{type(value).__name__} {value!r}")
     if choices and value not in choices:
         raise ConfigError(f"{source}: '{name}' must be one of {', '.join(choices)} (got {value!r})")
     return value
@@ -424,12 +476,18 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 def load_yaml(path: str) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--config {path}: is a directory; give the YAML file, e.g. configs/demo.yaml")
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {path}: not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
     known = {f.name for f in fields(TrainConfig)}
@@ -451,6 +509,8 @@ def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
     config = TrainConfig(**values)
     problems = config.problems()
     if problems:
+        if len(problems) == 1:
+            raise ConfigError(f"invalid configuration: {problems[0]}")
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return config
 

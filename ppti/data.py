@@ -100,7 +100,12 @@ def find_image_files(data_dir: Path) -> tuple[list[Path], list[Path]]:
     except OSError as exc:
         raise DataError(f"--train_data_dir {data_dir}: cannot list the folder ({exc.strerror}); check its permissions") from None
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    return images, [p for p in files if p not in images]
+    return images, [p for p in files if p not in images] + broken_links(data_dir)
+
+
+def broken_links(data_dir: Path) -> list[Path]:
+    """Symbolic links in data_dir that lead nowhere (dangling or looping): reported in the skip list."""
+    return sorted(p for p in data_dir.iterdir() if p.is_symlink() and not p.exists() and not p.name.startswith("."))
 
 
 def is_caption_file(path: Path, images: Sequence[Path], caption_extension: Optional[str]) -> bool:
@@ -143,7 +148,11 @@ def load_concept_images(
             variants.append(image_variants(rgb, *bucket_sizes[buckets[-1]], center_crop=True))
         else:
             variants.append(image_variants(rgb, height, width, center_crop))
-    skipped += [(p, "not an image file (by its extension)") for p in others]
+    for p in others:
+        link = p.is_symlink() and not p.exists()
+        skipped.append((p, "a broken or looping symbolic link" if link else "not an image file (by its extension)"))
+        if link:
+            log.warning("skipping %s: a broken or looping symbolic link", p)
     if not paths:
         listing = "; ".join(f"{p.name}: {why}" for p, why in skipped) or "the folder is empty"
         raise DataError(

@@ -274,7 +274,7 @@ def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Co
     )
 
 
-def detect_language(requested: str, components: Components, model_path: str) -> tuple[str, str]:
+def detect_language(requested: str, components: Components | TextSide, model_path: str) -> tuple[str, str]:
     """(language, why) for the prompt templates: an explicit flag wins, else the text-encoder family,
     else the example's name heuristics."""
     if requested != "auto":
@@ -296,11 +296,44 @@ def model_name(model_path: str) -> str:
     return path.resolve().name if path.is_dir() else model_path
 
 
-def prompt_max_length(components: Components) -> tuple[int, str]:
+@dataclass(frozen=True)
+class TextSide:
+    """The tokenizer and the text-encoder facts of a local model folder, read without loading any weight."""
+
+    tokenizer: Any
+    family: str  # clip | bert | xlmr
+    architecture: str
+    text_config: dict
+
+
+def load_text_side(model_path: str, tokenizer_name: Optional[str] = None) -> Optional[TextSide]:
+    """The model folder's tokenizer (cheap: vocabulary files only) and text-encoder config; None for a Hub id (it
+    is checked once downloaded). Raises ModelError like load_components."""
+    model_dir = Path(model_path)
+    if not model_dir.is_dir():
+        return None
+    index = check_model_folder(model_dir)
+    architecture = text_encoder_architecture(model_dir)
+    check_tokenizer_folder(model_dir, index, architecture)
+    family = FAMILIES[architecture][0]
+    import ppdiffusers.transformers
+
+    tokenizer_class = getattr(ppdiffusers.transformers, TOKENIZERS[family][0])
+    source = tokenizer_name or str(model_dir / "tokenizer")
+    try:
+        tokenizer = load_tokenizer(tokenizer_class, source)
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable line
+        flag = "--tokenizer_name" if tokenizer_name else "--pretrained_model_name_or_path"
+        raise ModelError(f"{flag} {source}: cannot load a {tokenizer_class.__name__} ({exc})") from None
+    text_config = read_json(model_dir / "text_encoder" / "config.json", f"--pretrained_model_name_or_path {model_dir}")
+    return TextSide(tokenizer=tokenizer, family=family, architecture=architecture, text_config=text_config)
+
+
+def prompt_max_length(components: Components | TextSide) -> tuple[int, str]:
     """(length prompts are padded/truncated to, why). Training must see what inference sees: ppdiffusers'
     pipelines pad to tokenizer.model_max_length, so that is the length, within the text encoder's positions."""
     tokenizer_max = components.tokenizer.model_max_length
-    text_config = components.text_encoder.config
+    text_config = (components.text_config if isinstance(components, TextSide) else components.text_encoder.config)
     text_config = text_config if isinstance(text_config, dict) else text_config.to_dict()
     positions = text_config.get("max_position_embeddings") or UNSET_MAX_LENGTH
     if components.family == "xlmr":

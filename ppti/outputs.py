@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .config import TrainConfig, to_yaml
+from .atomic import atomic_dir, atomic_write_text, write_errors
+from .config import ConfigError, TrainConfig, to_yaml
 from .embeddings import write_embeddings
 
 log = logging.getLogger("ppti")
 
 CONFIG_FILE = "train_config.yaml"
+# What a run leaves in output_dir besides learned_embeds* and its logs: any of them means "a run was here".
+RUN_FILES = (CONFIG_FILE, "token_identifier.txt", "type_of_concept.txt", "checkpoints", "validation",
+             "model_index.json")
+PIPELINE_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "safety_checker", "feature_extractor")
+LOG_PREFIXES = ("vdlrecords.", "events.out.tfevents.")  # VisualDL, TensorBoard
 # --save_format -> (file suffix, embeddings format) for each file written
 SAVE_FORMATS = {
     "pdparams": [(".pdparams", "pdparams")],
@@ -40,9 +46,53 @@ def save_embeddings(config: TrainConfig, rows: np.ndarray, step: Optional[int] =
     return written[0]
 
 
-def write_run_files(config: TrainConfig, seed: int, language: str) -> None:
-    """token_identifier.txt, type_of_concept.txt and the resolved config (readable back with --config)."""
+def previous_run(config: TrainConfig) -> list[Path]:
+    """The files and folders of an earlier (finished or partial) run in --output_dir; empty for a new folder."""
     out_dir = Path(config.output_dir)
+    if not out_dir.is_dir():
+        return []
+    found = sorted(p for p in out_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("learned_embeds"))
+    if (out_dir / "model_index.json").is_file():  # a pipeline saved by --no-only_save_embeds
+        found += [out_dir / name for name in PIPELINE_FOLDERS if (out_dir / name).is_dir()]
+    logs = config.logging_path
+    if logs.is_dir():
+        found += sorted(p for p in logs.iterdir() if p.name.startswith(LOG_PREFIXES))
+    return found
+
+
+def check_output_dir(config: TrainConfig) -> None:
+    """The output-folder rule, before any model loads: a folder holding an earlier run is refused unless the run
+    continues it (--resume_from_checkpoint) or replaces it (--overwrite_output_dir), so two runs never mix; the
+    model and image folders are never output folders."""
+    out_dir = Path(config.output_dir).resolve()
+    for flag in ("pretrained_model_name_or_path", "train_data_dir"):
+        if Path(getattr(config, flag)).resolve() == out_dir:
+            raise ConfigError(f"--output_dir {config.output_dir} is the --{flag} folder; write the run into a "
+                              "folder of its own, e.g. outputs/my-concept")
+    found = previous_run(config)
+    if found and not config.overwrite_output_dir and not config.resume_from_checkpoint:
+        names = ", ".join(str(p.relative_to(config.output_dir)) for p in found[:4]) + (", ..." if found[4:] else "")
+        raise ConfigError(
+            f"--output_dir {config.output_dir} holds an earlier run ({names}); add --overwrite_output_dir to replace "
+            "it (its files are removed first), --resume_from_checkpoint latest to continue it, or choose another "
+            "--output_dir")
+
+
+def remove_previous_run(config: TrainConfig) -> None:
+    """Delete an earlier run's files (--overwrite_output_dir, or --resume_from_checkpoint with no checkpoint to
+    continue): files ppti did not write stay."""
+    for path in previous_run(config):
+        with write_errors(path):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    log.info("removed the earlier run's files from %s", config.output_dir)
+
+
+def write_run_files(config: TrainConfig, seed: int, language: str, fresh: bool = True) -> None:
+    """token_identifier.txt, type_of_concept.txt and the resolved config (readable back with --config). A fresh
+    run (not resumed) first removes what an earlier run left (see check_output_dir)."""
+    out_dir = Path(config.output_dir)
+    if fresh and previous_run(config):
+        remove_previous_run(config)
     atomic_write_text(out_dir / "token_identifier.txt", config.placeholder_token)
     atomic_write_text(out_dir / "type_of_concept.txt", config.learnable_property)
     atomic_write_text(out_dir / CONFIG_FILE, to_yaml(config, {"resolved seed": seed, "resolved language": language}))
@@ -55,7 +105,8 @@ def save_pipeline(config: TrainConfig, components, rows_layer) -> None:
     text_encoder = components.text_encoder
     restore_plain_embedding(text_encoder, rows_layer)
     try:
-        components.pipeline.save_pretrained(config.output_dir)
+        with atomic_dir(config.output_dir) as tmp:  # ppdiffusers writes the files itself: into a temporary folder
+            components.pipeline.save_pretrained(str(tmp))
     finally:
         install_placeholder_layer(text_encoder, rows_layer)
     log.info("saved the full pipeline to %s", config.output_dir)

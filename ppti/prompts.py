@@ -21,7 +21,7 @@ import numpy as np
 
 from .captions import Caption, PromptTable, listing, prompt_table
 from .config import ConfigError, TrainConfig
-from .models import Components, detect_language, prompt_max_length, tokenize_fn
+from .models import Components, detect_language, load_text_side, prompt_max_length, tokenize_fn
 from .templates import parse_template_file, templates_for
 from .tokens import TokenError, check_prompts_contain, placeholder_count_problems, unknown_token_templates
 
@@ -45,6 +45,27 @@ def choose_templates(config: TrainConfig, language: str) -> tuple[list[str], str
     if problems:  # TrainConfig.problems() reported these before loading; the file changed since
         raise ConfigError("; ".join(problems))
     return templates, f"--templates {config.templates}"
+
+
+def check_prompt_room(config: TrainConfig) -> None:
+    """Refuse a --num_vectors the prompts cannot hold, from the model's tokenizer alone (before any weight loads):
+    each template, with every vector one token, must fit the model's prompt length."""
+    if config.caption_source != "templates":  # captions are read with the images: build_prompts checks them
+        return
+    side = load_text_side(config.pretrained_model_name_or_path, config.tokenizer_name)
+    if side is None:  # a Hub id: build_prompts checks every prompt once the model is downloaded
+        return
+    language, _ = detect_language(config.language, side, config.pretrained_model_name_or_path)
+    templates, _ = choose_templates(config, language)
+    max_length, _ = prompt_max_length(side)
+    used = {t: len(side.tokenizer(t.replace("{}", ""))["input_ids"]) for t in templates}  # with the special tokens
+    longest = max(used, key=used.get)
+    room = max_length - used[longest]
+    if config.num_vectors > room:
+        raise ConfigError(
+            f"--num_vectors {config.num_vectors}: the placeholders cannot fit the prompt length; at most {room} with "
+            f"this model ({max_length}-token prompts, of which the longest template {longest!r} takes "
+            f"{used[longest]})")
 
 
 def build_prompts(config: TrainConfig, components: Components, placeholder_ids: list[int],

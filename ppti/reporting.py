@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .atomic import atomic_write_bytes
 
 log = logging.getLogger("ppti")
 
@@ -35,15 +39,62 @@ def quiet_libraries() -> None:
     paddlenlp_logger.set_level("WARNING")
 
 
+FLUSH_SECONDS = 60  # how often the VisualDL log file is rewritten (and at every image and at the end)
+
+
+class VisualDLRecords:
+    """VisualDL's record file kept in memory and written through ppti's atomic path at each flush.
+
+    VisualDL's own writer opens its file at once (an empty log stays behind when the run fails before step 1) and
+    writes from a thread that only prints write errors (a full disk silently truncates the log). This keeps
+    VisualDL's record framing, writes nothing until there is something to write, and a failed write raises the
+    one-line WriteError like every other file of the run, leaving the previous version of the log intact."""
+
+    def __init__(self, path: Path):
+        from visualdl.writer.record_writer import RecordWriter
+
+        self.path = path
+        self._buffer = io.BytesIO()
+        self._records = RecordWriter(self._buffer)
+        self._written = 0
+
+    def add_record(self, record) -> None:
+        self._records.write(record.SerializeToString())
+
+    def flush(self) -> None:
+        if self._buffer.tell() != self._written:
+            atomic_write_bytes(self.path, self._buffer.getvalue())
+            self._written = self._buffer.tell()
+
+    def close(self) -> None:
+        self.flush()
+
+    def get_filename(self) -> str:
+        return str(self.path)
+
+
+def visualdl_writer(logdir: Path):
+    """visualdl.LogWriter writing through VisualDLRecords (its file name is VisualDL's own scheme)."""
+    from visualdl import LogWriter
+
+    class AtomicLogWriter(LogWriter):
+        def _get_file_writer(self):
+            if self._file_writer is None:
+                self._file_writer = VisualDLRecords(Path(self._logdir) / f"vdlrecords.{int(time.time()):010d}.log")
+                self._all_writers = {self._logdir: self._file_writer}
+            return self._file_writer
+
+    return AtomicLogWriter(logdir=str(logdir))
+
+
 class Reporter:
     """Scalars and images to VisualDL, TensorBoard (tensorboardX) or nowhere."""
 
     def __init__(self, kind: str, logdir: Path):
         self.kind, self.writer = kind, None
+        self._flushed = 0.0
         if kind == "visualdl":
-            from visualdl import LogWriter
-
-            self.writer = LogWriter(logdir=str(logdir))
+            self.writer = visualdl_writer(logdir)
         elif kind == "tensorboard":
             try:
                 from tensorboardX import SummaryWriter
@@ -54,6 +105,8 @@ class Reporter:
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.kind == "visualdl":
             self.writer.add_scalar(tag=tag, value=value, step=step)
+            if time.monotonic() - self._flushed > FLUSH_SECONDS:
+                self.flush()
         elif self.kind == "tensorboard":
             self.writer.add_scalar(tag, value, step)
 
@@ -61,8 +114,14 @@ class Reporter:
         """image: (H, W, 3) uint8."""
         if self.kind == "visualdl":
             self.writer.add_image(tag=tag, img=image, step=step)
+            self.flush()
         elif self.kind == "tensorboard":
             self.writer.add_image(tag, image, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+        self._flushed = time.monotonic()
 
     def close(self) -> None:
         if self.writer is not None:

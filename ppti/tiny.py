@@ -23,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
+
+from .atomic import atomic_dir, set_normal_permissions
 
 LANGUAGES = ("en", "zh", "zh_en")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -344,20 +345,22 @@ def make_tiny_model(out_dir, language: str = "en", seed: int = 0, prediction_typ
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     write_tokenizer, pipeline_class, text_encoder_entry, tokenizer_entry = _FAMILIES[language]
     out = Path(out_dir)
-    for sub in COMPONENTS:  # replace, never merge: a stale vocab.txt next to merges.txt would change the family
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
-        (out / sub).mkdir(parents=True)
-
-    vocab_size = write_tokenizer(out / "tokenizer")
-    # One derived seed per component: each one's weights do not depend on the others' parameter counts.
-    builders = {"text_encoder": lambda: _text_encoder(language, vocab_size), "unet": _unet, "vae": _vae}
-    for offset, (name, build) in enumerate(builders.items()):
-        with _reproducible(seed * len(builders) + offset):
-            model = build()
-        model.save_pretrained(str(out / name))
-    _scheduler(prediction_type).save_pretrained(str(out / "scheduler"))
-    _write_json(out / "model_index.json", _model_index(pipeline_class, text_encoder_entry, tokenizer_entry))
+    # Written into a temporary folder, then each component replaces the old one whole (never merged: a stale
+    # vocab.txt next to merges.txt would change the family); a full disk leaves the previous model as it was.
+    with atomic_dir(out) as tmp:
+        for sub in COMPONENTS:
+            (tmp / sub).mkdir()
+        vocab_size = write_tokenizer(tmp / "tokenizer")
+        # One derived seed per component: each one's weights do not depend on the others' parameter counts.
+        builders = {"text_encoder": lambda: _text_encoder(language, vocab_size), "unet": _unet, "vae": _vae}
+        for offset, (name, build) in enumerate(builders.items()):
+            with _reproducible(seed * len(builders) + offset):
+                model = build()
+            model.save_pretrained(str(tmp / name))
+        _scheduler(prediction_type).save_pretrained(str(tmp / "scheduler"))
+        _write_json(tmp / "model_index.json", _model_index(pipeline_class, text_encoder_entry, tokenizer_entry))
+        for path in tmp.rglob("*"):
+            set_normal_permissions(path)  # (Paddle's save writes weights 0600)
     return out
 
 

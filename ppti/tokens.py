@@ -144,8 +144,11 @@ def initializer_ids(tokenizer, word: str) -> tuple[list[int], list[str]]:
         log.warning("--initializer_token %r: %d piece(s) unknown to the tokenizer (%s) were left out of the mean",
                     word, len(unknown), tokenizer.unk_token)
     fragments = [p for p in kept_pieces if "\ufffd" in tokenizer.convert_tokens_to_string([p])]
+    if not fragments:
+        fragments = letter_fragments(kept_pieces)
     if fragments:
-        log.warning("--initializer_token %r: the %s has no whole token for it; it becomes %d byte fragment(s) %s "
+        log.warning("--initializer_token %r: the %s has no whole token for it; it becomes %d byte or letter "
+                    "fragment(s) %s "
                     "whose mean embedding is close to noise. Use a word this model knows (an English word such as "
                     "'style' or 'toy' on English CLIP models), or a Chinese model (Taiyi, AltDiffusion) for Chinese "
                     "initializers", word, describe_tokenizer(tokenizer), len(fragments), fragments)
@@ -160,6 +163,14 @@ def placeholder_count_problems(prompt_ids: np.ndarray, token_ids: Sequence[int])
         if counts != [1] * len(token_ids):
             problems.append((i, counts))
     return problems
+
+
+def letter_fragments(pieces: Sequence[str]) -> list[str]:
+    """The pieces of a word the tokenizer spells out letter by letter (e.g. 'qwzxjvkq' -> 8 single letters), when
+    they are most of it: their mean embedding is close to noise. Single CJK characters are words of their own."""
+    bare = [re.sub(r"</w>|▁|##", "", p) for p in pieces]  # CLIP word end, sentencepiece word start, BERT suffix
+    letters = [p for p, b in zip(pieces, bare) if len(b) == 1 and b.isascii() and b.isalpha()]
+    return letters if len(pieces) >= 3 and len(letters) * 2 >= len(pieces) else []
 
 
 def check_prompts_contain(prompt_ids: np.ndarray, token_ids: Sequence[int], templates: Sequence[str],

@@ -20,7 +20,7 @@ class ToolParser(argparse.ArgumentParser):
 def tool_parser(prog: str, doc: str) -> ToolParser:
     """A parser described by the tool's module docstring: its first line, the rest as the epilog (examples)."""
     return ToolParser(prog=prog, description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                      epilog="\n".join(doc.splitlines()[1:]))
+                      epilog="\n".join(doc.splitlines()[1:]), allow_abbrev=False)  # (a prefix could pick a wrong flag)
 
 
 def quiet_build_warnings() -> None:

@@ -31,7 +31,7 @@ from .evaluation import TrainingEvaluation
 from .latents import latent_shape, latent_source, release_vae, vae_needed_after_setup
 from .models import Components, load_components
 from .precision import Precision, cast_vae_for_decoding, prepare_frozen_models, resolve_precision
-from .prompts import build_prompts
+from .prompts import build_prompts, check_prompt_room
 from .reporting import NullReporter, Reporter, format_summary, progress_bar, setup_console
 from .tokens import (
     PlaceholderEmbedding, add_placeholder_tokens, initializer_ids, install_trainable_rows,
@@ -141,6 +141,7 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     problems = check_paths(config)
     if problems:
         raise ConfigError("; ".join(problems))
+    check_prompt_room(config)  # --num_vectors against the prompt length, from the tokenizer alone
     images = load_concept_images(config.train_data_dir, config.resolved_height, config.resolved_width,
                                  config.center_crop, config.bucket_sizes(), config.caption_extension)
     captions = load_captions(config, images.paths)  # every image has one (with --caption_source files|both)
@@ -422,11 +423,12 @@ def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> Trai
     setup_console(ctx.is_main)
     resume = checkpoint.find_resume(config, ctx.world_size, ctx.is_main)  # refused before any model loads
     config = resume.config if resume else config  # (with the checkpoint's seed unless --seed is given)
+    outputs.check_output_dir(config)  # an earlier run's folder: refused unless resumed or overwritten
     warn_missing_placeholder(config.validation_prompts, config.placeholder_token)
     run = setup(config, ctx)
     start_step = restore_checkpoint(run, resume) if resume else 0
     if ctx.is_main:
-        outputs.write_run_files(config, run.seed, run.language)
+        outputs.write_run_files(config, run.seed, run.language, fresh=resume is None)
     start_rows, started = learned_rows(run), time.perf_counter()
     with stop_on_signals() as stop:
         try:

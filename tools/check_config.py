@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_placeholder_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog=f"{PROG} placeholder")
+    parser = _Parser(prog=f"{PROG} placeholder", allow_abbrev=False)
     parser.add_argument("--model", required=True, help="Model folder (as --pretrained_model_name_or_path).")
     parser.add_argument("--placeholder_token", required=True)
     parser.add_argument("--initializer_token", required=True)

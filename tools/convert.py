@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0],
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("input", nargs="?", type=Path, metavar="INPUT",

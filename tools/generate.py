@@ -12,6 +12,7 @@ in the run's train_config.yaml) it renders what the run's validation grid showed
 """
 
 import argparse
+import os
 import random
 import sys
 from pathlib import Path
@@ -53,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and (value < 8 or value % 8):
             problems.append(f"--{name} {value} is not a positive multiple of 8 (the VAE downsamples by 8)")
+    if args.output.is_dir():
+        problems.append(f"-o {args.output} is a directory; give the PNG file to write, e.g. {args.output / 'grid.png'}")
+    elif args.output.exists() and not os.access(args.output, os.W_OK):
+        problems.append(f"-o {args.output}: the file is not writable")
     if problems:
         parser.error("; ".join(problems))
     return args

@@ -15,7 +15,7 @@ from ppti.tiny import LANGUAGES, PREDICTION_TYPES, make_tiny_clip, make_tiny_mod
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("out_dir", type=Path, help="Folder to create; must be absent or empty unless --force.")
     parser.add_argument("--arch", choices=("sd", "clip"), default="sd",
                         help="sd: a Stable Diffusion pipeline folder; clip: a CLIP scoring model (text + vision "

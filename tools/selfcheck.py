@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="selfcheck.py", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[1:]))
+                                     epilog="\n".join(__doc__.splitlines()[1:]), allow_abbrev=False)
     parser.add_argument("--nproc", type=int, default=None, metavar="N",
                         help="Also train with N ranks through paddle.distributed.launch and check that every rank "
                              "ends with bit-identical rows (GPUs: N <= visible GPUs).")

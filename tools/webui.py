@@ -27,7 +27,7 @@ CSS = "#grid img, #generated img {min-width: 50%; object-fit: contain; image-ren
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="webui.py", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[1:]))
+                                     epilog="\n".join(__doc__.splitlines()[1:]), allow_abbrev=False)
     parser.add_argument("--host", default="127.0.0.1",
                         help="Address to listen on (default 127.0.0.1: this machine only). Anything else lets other "
                              "machines start training and read the workspace: only on a network you trust.")
