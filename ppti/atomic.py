@@ -32,12 +32,13 @@ class WriteError(OSError):
     """A file could not be written; the message names the file and its folder, and says the previous file (if
     any) is unchanged."""
 
-    def __init__(self, path: str | os.PathLike, exc: OSError):
+    def __init__(self, path: str | os.PathLike, exc: OSError, folder: bool = False):
         path = Path(path)
+        directory, what = (path, "its files") if folder else (path.parent, path.name)
         reason = _REASONS.get(exc.errno)
-        where = f"{reason} {path.parent}" if reason else f"cannot write in {path.parent} ({exc.strerror or exc})"
-        super().__init__(exc.errno, f"{where} (while writing {path.name}); free space or fix the folder, or write "
-                                    "elsewhere. Nothing was half-written: an earlier file of that name is unchanged")
+        where = f"{reason} {directory}" if reason else f"cannot write in {directory} ({exc.strerror or exc})"
+        super().__init__(exc.errno, f"{where} (while writing {what}); free space or fix the folder, or write "
+                                    "elsewhere. Nothing was half-written: earlier files of those names are unchanged")
         self.path = path
 
     def __str__(self) -> str:
@@ -45,14 +46,14 @@ class WriteError(OSError):
 
 
 @contextlib.contextmanager
-def write_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Any OSError inside the block becomes a WriteError about writing `path`."""
+def write_errors(path: str | os.PathLike, folder: bool = False) -> Iterator[None]:
+    """Any OSError inside the block becomes a WriteError about writing `path` (the files of `path` if folder)."""
     try:
         yield
     except WriteError:
         raise
     except OSError as exc:
-        raise WriteError(path, exc) from None
+        raise WriteError(path, exc, folder) from None
 
 
 @contextlib.contextmanager
@@ -86,12 +87,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     rename after the old one is moved aside), on error it is removed. Entries of `path` it does not hold stay."""
     final = Path(path)
     tmp = None
-    with write_errors(final):
+    with write_errors(final, folder=True):
         try:
             final.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=TMP_MARK, dir=final))
             set_normal_permissions(tmp)  # mkdtemp creates 0700
             yield tmp
+            for file in (p for p in tmp.rglob("*") if p.is_file()):
+                with open(file, "rb") as fh:
+                    os.fsync(fh.fileno())
             for entry in sorted(tmp.iterdir()):
                 target = final / entry.name
                 if entry.is_dir() and target.is_dir():

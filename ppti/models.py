@@ -316,9 +316,9 @@ def load_text_side(model_path: str, tokenizer_name: Optional[str] = None) -> Opt
     architecture = text_encoder_architecture(model_dir)
     check_tokenizer_folder(model_dir, index, architecture)
     family = FAMILIES[architecture][0]
-    import ppdiffusers.transformers
+    from ppdiffusers import transformers
 
-    tokenizer_class = getattr(ppdiffusers.transformers, TOKENIZERS[family][0])
+    tokenizer_class = getattr(transformers, TOKENIZERS[family][0])
     source = tokenizer_name or str(model_dir / "tokenizer")
     try:
         tokenizer = load_tokenizer(tokenizer_class, source)
