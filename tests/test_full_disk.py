@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
 import subprocess
@@ -180,7 +181,7 @@ KINDS = {
     "train_config": write_run_files,
     "checkpoint": write_checkpoint,
     "visualdl_log": write_visualdl_log,
-    "validation_grid": write_validation_grid,
+    "validation_grid": write_validation_grid,  # (rendered with 2 denoising steps, see the test)
     "converted": write_converted,
     "tiny_model": write_tiny_model,
     "full_pipeline": write_pipeline,
@@ -188,7 +189,10 @@ KINDS = {
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_full_disk_keeps_the_previous_file_and_leaves_nothing_behind(kind, disk, run):
+def test_a_full_disk_keeps_the_previous_file_and_leaves_nothing_behind(kind, disk, run, monkeypatch):
+    from ppti import validation
+
+    monkeypatch.setattr(validation, "render", functools.partial(validation.render, num_inference_steps=2))
     folder = disk.root / "out"
     KINDS[kind](run, folder, 1)
     before = snapshot(disk.root)
@@ -228,10 +232,12 @@ def test_a_run_on_a_full_disk_ends_with_one_line(tiny_model_en, demo_images, tmp
 
 
 @pytest.mark.parametrize("checkpointing_steps", [0, 2])
-def test_a_second_run_on_a_nearly_full_disk_never_mixes_with_the_first(tiny_model_en, demo_images, tmp_path, capsys,
-                                                                       checkpointing_steps):
-    """The issue's 8 KB case: the earlier run is refused without --overwrite_output_dir; with it the earlier run's
-    files are gone before the new run writes, so whatever the full disk lets through belongs to the new run."""
+def test_a_second_run_on_a_full_disk_never_mixes_with_the_first(tiny_model_en, demo_images, tmp_path, capsys,
+                                                                 checkpointing_steps):
+    """The issue's case: a second run (new seed) into a finished run's folder on a full disk. Without
+    --overwrite_output_dir it is refused and the first run stays as it was; with it the first run's files are removed
+    before the new run writes, so whatever the disk lets through belongs to the new run (which writes more files
+    than the first freed, and so fails with one line)."""
     disk = tmp_path / "disk"
     mount_tmpfs(disk, "2m")
     try:
@@ -240,21 +246,24 @@ def test_a_second_run_on_a_nearly_full_disk_never_mixes_with_the_first(tiny_mode
                           report_to="visualdl")
         assert cli(args) == 0
         first = snapshot(out)
+        TmpfsDisk(disk).fill()
         capsys.readouterr()
-        assert cli(args[:-2] + ["--seed", "8"]) == 2  # refused: the folder holds a run
-        assert "--overwrite_output_dir" in capsys.readouterr().err and snapshot(out) == first
-        with open(disk / "filler", "wb") as fh:  # leave about 8 KB
-            fh.write(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - 8192))
-        rc = cli(args + ["--seed", "8", "--overwrite_output_dir"])
+        second_run = args + ["--seed", "8", "--save_steps", "1", "--save_format", "both"]
+        assert cli(second_run) == 2  # refused: the folder holds a run
+        refusal = capsys.readouterr().err
+        assert "--overwrite_output_dir" in refusal and "--resume_from_checkpoint" in refusal
+        assert snapshot(out) == first
+        rc = cli(second_run + ["--overwrite_output_dir"])
         err = capsys.readouterr().err
         second = snapshot(out)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 1 and "Traceback" not in err and len(errors) == 1 and NO_SPACE in errors[0], err
-    old = {digest for name, digest in first.items() if digest != "dir" and "logs" not in name}
-    assert not old & set(second.values()), "a file of the first run is still there next to the second's"
-    assert not [name for name in second if TMP_MARK in name]
+    old = {digest for name, digest in first.items() if name.startswith(("learned_embeds", "train_config", "checkpoints/"))
+           and digest != "dir"}
+    assert old and not old & set(second.values()), "a file of the first run is still there next to the second's"
+    assert not [name for name in second if TMP_MARK in name or name.endswith(".log") and not second[name]]
 
 
 # ------------------------------------------------------------------------------------------------------------
