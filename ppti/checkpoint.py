@@ -261,6 +261,7 @@ def _save_checkpoint_files(config: TrainConfig, step: int, rows_param, optimizer
         (tmp / CONFIG_FILE).write_text(to_yaml(config, {"resolved seed": facts.seed}), encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir())
         for name in files:
+            set_normal_permissions(tmp / name)  # (safetensors writes 0600)
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
         marker = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}

@@ -141,13 +141,13 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     problems = check_paths(config)
     if problems:
         raise ConfigError("; ".join(problems))
-    check_prompt_room(config)  # --num_vectors against the prompt length, from the tokenizer alone
     images = load_concept_images(config.train_data_dir, config.resolved_height, config.resolved_width,
                                  config.center_crop, config.bucket_sizes(), config.caption_extension)
     captions = load_captions(config, images.paths)  # every image has one (with --caption_source files|both)
     precision = resolve_precision(config.mixed_precision)  # refuses a dtype this device cannot compute in
     if config.deterministic:
         make_deterministic()
+    check_prompt_room(config)  # --num_vectors against the prompt length, from the tokenizer alone
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     paddle.seed(seed + ctx.rank)
 

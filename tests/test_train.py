@@ -295,7 +295,7 @@ def test_model_whose_weights_do_not_fully_load_is_refused(tiny_model_en, demo_im
 
 def test_bad_tokens_are_refused(tiny_model_en, demo_images, tmp_path):
     out = tmp_path / "out"
-    _expect_refusal(train_args(tiny_model_en, demo_images, out, placeholder_token="toy"), out,
+    _expect_refusal(train_args(tiny_model_en, demo_images, out, placeholder_token="toy", initializer_token="cat"), out,
                     "--placeholder_token 'toy' is already a word of the tokenizer")
     _expect_refusal(train_args(tiny_model_en, demo_images, out, placeholder_token="<|endoftext|>"), out,
                     "--placeholder_token", "already")
