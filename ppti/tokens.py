@@ -144,14 +144,13 @@ def initializer_ids(tokenizer, word: str) -> tuple[list[int], list[str]]:
         log.warning("--initializer_token %r: %d piece(s) unknown to the tokenizer (%s) were left out of the mean",
                     word, len(unknown), tokenizer.unk_token)
     fragments = [p for p in kept_pieces if "\ufffd" in tokenizer.convert_tokens_to_string([p])]
-    if not fragments:
-        fragments = letter_fragments(kept_pieces)
+    kind = "byte" if fragments else "letter"
+    fragments = fragments or letter_fragments(kept_pieces)
     if fragments:
-        log.warning("--initializer_token %r: the %s has no whole token for it; it becomes %d byte or letter "
-                    "fragment(s) %s "
+        log.warning("--initializer_token %r: the %s has no whole token for it; it becomes %d %s fragment(s) %s "
                     "whose mean embedding is close to noise. Use a word this model knows (an English word such as "
                     "'style' or 'toy' on English CLIP models), or a Chinese model (Taiyi, AltDiffusion) for Chinese "
-                    "initializers", word, describe_tokenizer(tokenizer), len(fragments), fragments)
+                    "initializers", word, describe_tokenizer(tokenizer), len(fragments), kind, fragments)
     return kept_ids, kept_pieces
 
 

@@ -436,6 +436,7 @@ def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> Trai
         except TrainingError:
             if ctx.is_main:
                 outputs.save_embeddings(config, learned_rows(run))
+            run.reporter.close()  # (the log up to the failed step)
             raise
     loop_seconds = time.perf_counter() - started
     if stop.requested:

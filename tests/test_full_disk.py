@@ -216,19 +216,23 @@ def cli(argv) -> tuple[int, str]:
     return main([str(a) for a in argv])
 
 
-def test_a_run_on_a_full_disk_ends_with_one_line(tiny_model_en, demo_images, tmp_path, capsys):
+@pytest.mark.parametrize("checkpointing_steps", [0, 2])
+def test_a_run_on_a_full_disk_ends_with_one_line(tiny_model_en, demo_images, tmp_path, capsys, checkpointing_steps):
     disk = tmp_path / "disk"
     mount_tmpfs(disk, "256k")
     try:
         TmpfsDisk(disk).fill()
         out = disk / "run"
-        rc = cli(train_args(tiny_model_en, demo_images, out, report_to="visualdl", checkpointing_steps=2))
+        rc = cli(train_args(tiny_model_en, demo_images, out, report_to="visualdl",
+                            checkpointing_steps=checkpointing_steps))
         err = capsys.readouterr().err
+        left = [str(p.relative_to(disk)) for p in disk.rglob("*") if p.is_file()]
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 1 and "Traceback" not in err and len(errors) == 1, err
     assert NO_SPACE in errors[0] and str(out) in errors[0], errors[0]
+    assert left == ["filler"], left  # no partial, temporary or empty file
 
 
 @pytest.mark.parametrize("checkpointing_steps", [0, 2])

@@ -273,6 +273,18 @@ def test_resume_into_the_same_folder_with_the_same_command_still_continues(finis
     assert (out / "learned_embeds-steps-6.pdparams").is_file()
 
 
+def test_resume_latest_without_a_checkpoint_starts_over_without_mixing(finished_run, tmp_path, capsys):
+    """--resume_from_checkpoint latest in a folder whose run has no checkpoint: the run starts from step 0 (as the
+    same command always did) and first removes the earlier run's files."""
+    out = copy_of(finished_run, tmp_path)
+    shutil.rmtree(out / "checkpoints")
+    rc, err = cli(_args_for(finished_run, out, seed=8, save_steps=3, checkpointing_steps=0, max_train_steps=3,
+                            resume_from_checkpoint="latest"), capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in out.glob("learned_embeds*")) == ["learned_embeds-steps-3.pdparams",
+                                                                    "learned_embeds.pdparams"]
+
+
 def test_the_quick_start_config_stays_re_runnable():
     from ppti.config import load_yaml
 
@@ -289,7 +301,7 @@ def test_row_initializer_of_single_letters_gets_the_fragment_warning(tiny_model_
     assert not caplog.records
     with caplog.at_level(logging.WARNING, logger="ppti"):
         initializer_ids(tokenizer, "qwzxjvkq")
-    assert "qwzxjvkq" in caplog.text and "fragment" in caplog.text and "close to noise" in caplog.text
+    assert "'qwzxjvkq'" in caplog.text and "letter fragment(s)" in caplog.text and "close to noise" in caplog.text
     assert letter_fragments(["风", "格"]) == [] and letter_fragments(["gy", "ro", "scope</w>"]) == []
 
 
@@ -580,6 +592,9 @@ TOOL_CASES = {
     "generate_sweep_without_steps": ("generate", lambda c: ["--model", c["model"], "--steps_sweep", c["tmp"],
                                                             "--prompt", "<t>", "-o", c["tmp"] / "g.png"],
                                      "learned_embeds-steps-N"),
+    "generate_output_inside_a_file": ("generate", lambda c: ["--model", c["model"], "--embeddings", _embedding(c),
+                                                             "--prompt", "<t>", "-o", _file(c, "f") / "g.png"],
+                                      "a parent of it is a file"),
     "tiny_model_abbreviated_flag": ("make_tiny_model", lambda c: [c["tmp"] / "m", "--lang", "zh"], "--lang"),
     "tiny_model_into_a_file": ("make_tiny_model", lambda c: [_file(c, "m")], "exists and is not empty"),
 }

@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         problems.append(f"-o {args.output} is a directory; give the PNG file to write, e.g. {args.output / 'grid.png'}")
     elif args.output.exists() and not os.access(args.output, os.W_OK):
         problems.append(f"-o {args.output}: the file is not writable")
+    elif any(parent.exists() and not parent.is_dir() for parent in args.output.parents):
+        problems.append(f"-o {args.output}: a parent of it is a file, not a folder")
     if problems:
         parser.error("; ".join(problems))
     return args
