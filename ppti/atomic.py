@@ -20,11 +20,11 @@ TMP_MARK = ".ppti-tmp-"
 
 # errno -> what to tell the user about the folder; other errors are reported with their own strerror
 _REASONS = {
-    errno.ENOSPC: "no space left on the device of",
-    errno.EDQUOT: "the disk quota is exceeded for",
-    errno.EROFS: "read-only file system at",
-    errno.EACCES: "no permission to write in",
-    errno.EPERM: "no permission to write in",
+    errno.ENOSPC: ("no space left on the device of", "free space there or choose another folder"),
+    errno.EDQUOT: ("the disk quota is exceeded for", "free space there or choose another folder"),
+    errno.EROFS: ("read-only file system at", "choose a writable folder"),
+    errno.EACCES: ("no permission to write in", "choose a writable folder"),
+    errno.EPERM: ("no permission to write in", "choose a writable folder"),
 }
 
 
@@ -34,11 +34,12 @@ class WriteError(OSError):
 
     def __init__(self, path: str | os.PathLike, exc: OSError, folder: bool = False):
         path = Path(path)
-        directory, what = (path, "its files") if folder else (path.parent, path.name)
-        reason = _REASONS.get(exc.errno)
+        directory, what, kept = ((path, "its files", "earlier files there are") if folder else
+                                 (path.parent, path.name, f"an earlier {path.name} is"))
+        reason, advice = _REASONS.get(exc.errno, (None, "check the disk or choose another folder"))
         where = f"{reason} {directory}" if reason else f"cannot write in {directory} ({exc.strerror or exc})"
-        super().__init__(exc.errno, f"{where} (while writing {what}); free space or fix the folder, or write "
-                                    "elsewhere. Nothing was half-written: earlier files of those names are unchanged")
+        super().__init__(exc.errno, f"{where} (while writing {what}); {advice}. Nothing was half-written: {kept} "
+                                    "unchanged")
         self.path = path
 
     def __str__(self) -> str:

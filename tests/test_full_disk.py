@@ -309,3 +309,28 @@ def test_two_cards_with_a_full_disk_end_with_the_error_not_a_hang(tiny_model_en,
     assert NO_SPACE in console, console[-3000:]
     worker0 = (tmp_path / "launch-logs" / "workerlog.0").read_text(errors="replace")
     assert "Traceback" not in worker0 and NO_SPACE in worker0, worker0[-3000:]
+
+
+@pytest.mark.parametrize("code, reason", [
+    (errno.ENOSPC, "no space left on the device of"),
+    (errno.EDQUOT, "the disk quota is exceeded for"),
+    (errno.EROFS, "read-only file system at"),
+    (errno.EACCES, "no permission to write in"),
+    (errno.EIO, "cannot write in"),
+])
+def test_every_write_error_is_one_line_naming_the_file_and_folder(tmp_path, monkeypatch, code, reason):
+    from ppti.atomic import atomic_write_text
+
+    target = tmp_path / "train_config.yaml"
+    target.write_text("old", encoding="utf-8")
+
+    def failing_replace(src, dst):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(WriteError) as caught:
+        atomic_write_text(target, "new")
+    message = str(caught.value)
+    assert message.startswith(f"{reason} {tmp_path}") and "(while writing train_config.yaml)" in message
+    assert "\n" not in message and isinstance(caught.value, OSError) and caught.value.errno == code
+    assert target.read_text(encoding="utf-8") == "old" and sorted(tmp_path.iterdir()) == [target]
