@@ -182,7 +182,7 @@ def check(*args, stdin=None):
 def test_check_placeholder_uses_the_trainer_rules(tiny_model_en):
     model = str(tiny_model_en)
     questions = [["placeholder", "--model", model, "--placeholder_token", "<cat-toy>", "--initializer_token", "toy"],
-                 ["placeholder", "--model", model, "--placeholder_token", "toy", "--initializer_token", "toy"],
+                 ["placeholder", "--model", model, "--placeholder_token", "toy", "--initializer_token", "cat"],
                  ["placeholder", "--model", model, "--placeholder_token", "a b", "--initializer_token", "toy"],
                  ["config", "--pretrained_model_name_or_path", model, "--train_data_dir", str(DEMO_IMAGES),
                   "--placeholder_token", "<x>", "--initializer_token", "toy", "--resolution", "60"],
@@ -194,10 +194,10 @@ def test_check_placeholder_uses_the_trainer_rules(tiny_model_en):
                                      f"({tiny_model_en / 'tokenizer'}); initializer 'toy' -> ['toy</w>']")
     assert "is already a word of the tokenizer" in replies[1]["message"]  # the trainer's TokenError text
     assert "contains white space" in replies[2]["message"]
-    assert "--resolution (used for height) = 60 is not a multiple of 8" in replies[3]["message"]
+    assert "--resolution (used for height and width) = 60 is not a multiple of 8" in replies[3]["message"]
     assert "unrecognized arguments: --frobnicate" in replies[4]["message"]
     assert all(r["message"].startswith("error: ") and "Traceback" not in r["message"] for r in replies[1:])
-    one_shot = check("placeholder", "--model", model, "--placeholder_token", "toy", "--initializer_token", "toy")
+    one_shot = check("placeholder", "--model", model, "--placeholder_token", "toy", "--initializer_token", "cat")
     assert one_shot.returncode == 2 and one_shot.stderr.strip().splitlines()[-1] == replies[1]["message"]
 
 
