@@ -4,7 +4,8 @@ Because every example is a pure function of (seed, micro-step) (see data.py), th
 
     output_dir/checkpoints/checkpoint-N/
         learned_embeds.pdparams    the trainable rows {placeholder_token: float32 [num_vectors, dim]} (also loadable
-                                   by ppdiffusers load_textual_inversion and tools/generate.py)
+                                   by ppdiffusers load_textual_inversion and tools/generate.py); SDXL also
+                                   learned_embeds_2.pdparams, the second text encoder's rows
         optimizer.safetensors      AdamW moments and beta powers, keyed by kind (not by Paddle's parameter names,
                                    which depend on how many layers the process created before)
         trainer_state.json         global step, epoch and position in the epoch, seed, LR-scheduler and loss-scaler
@@ -38,11 +39,17 @@ import yaml
 
 from .atomic import TMP_MARK, atomic_write_text, set_normal_permissions, write_errors
 from .config import ConfigError, TrainConfig, to_yaml
+from .outputs import ROW_FILE_SUFFIXES  # one rows file per text encoder (SDXL: learned_embeds_2.pdparams)
 
 log = logging.getLogger("ppti")
 
 CHECKPOINTS_DIR = "checkpoints"
 ROWS_FILE = "learned_embeds.pdparams"
+
+
+def rows_file(suffix: str) -> str:
+    return ROWS_FILE.replace(".pdparams", f"{suffix}.pdparams")
+
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_state.json"
@@ -165,20 +172,28 @@ def _publish(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def optimizer_arrays(optimizer, param) -> dict[str, np.ndarray]:
-    """AdamW state of `param` keyed by accumulator kind: {"moment1": ..., "moment2": ..., "beta1_pow_acc": ...}.
+def _kind_key(key: str, params: list) -> str:
+    """Paddle's accumulator name `{param.name}_{kind}_{n}` -> `{kind}{suffix}`, the suffix of the text encoder
+    the row set belongs to ("" for the first, "_2" for SDXL's second, as its learned_embeds file)."""
+    for param, suffix in zip(params, ROW_FILE_SUFFIXES):
+        if key.startswith(f"{param.name}_"):
+            return re.sub(r"_\d+$", "", key[len(param.name) + 1:]) + suffix
+    raise RuntimeError(f"unexpected optimizer state {key!r}: only the placeholder rows should train")
+
+
+def optimizer_arrays(optimizer, params) -> dict[str, np.ndarray]:
+    """AdamW state of the row set(s) `params` keyed by accumulator kind: {"moment1": ..., "moment2": ...,
+    "beta1_pow_acc": ...} (SDXL's second row set: "moment1_2", ...).
 
     Paddle names accumulators `{param.name}_{kind}_{n}`; both names depend on how many layers and optimizers the
     process created before, so a checkpoint keyed by them would not load into another process."""
-    out = {}
-    for key, value in optimizer.state_dict().items():
-        if key == "LR_Scheduler":
-            continue
-        if not key.startswith(f"{param.name}_"):
-            raise RuntimeError(f"unexpected optimizer state {key!r}: only the placeholder rows should train")
-        kind = re.sub(r"_\d+$", "", key[len(param.name) + 1:])
-        out[kind] = value.numpy()
-    return out
+    params = _as_list(params)
+    return {_kind_key(key, params): value.numpy() for key, value in optimizer.state_dict().items()
+            if key != "LR_Scheduler"}
+
+
+def _as_list(params) -> list:
+    return list(params) if isinstance(params, (list, tuple)) else [params]
 
 
 def rng_states() -> dict[str, Any]:
@@ -217,7 +232,7 @@ def _generator_state(state) -> list:
     return [device, seed, offset, bytes(mt).decode("latin-1")]
 
 
-def save_checkpoint(config: TrainConfig, step: int, rows_param, optimizer, lr_scheduler, loss_scaler,
+def save_checkpoint(config: TrainConfig, step: int, rows_params, optimizer, lr_scheduler, loss_scaler,
                     facts: RunFacts) -> Path:
     """Write output_dir/checkpoints/checkpoint-{step}/ atomically, then keep the newest --checkpoints_total_limit.
     `loss_scaler` is the precision.LossScaler (scale, clean steps, skipped steps)."""
@@ -243,9 +258,10 @@ def _save_checkpoint_files(config: TrainConfig, step: int, rows_param, optimizer
     try:
         set_normal_permissions(tmp)  # (mkdtemp creates 0700)
         # Plain writes are enough inside the temporary directory: it only gets its final name once complete.
-        write_embeddings(tmp / ROWS_FILE, {config.placeholder_token: rows_param.numpy().astype(np.float32)},
-                         fmt="pdparams")
-        save_file(optimizer_arrays(optimizer, rows_param), str(tmp / OPTIMIZER_FILE))
+        for rows_param, suffix in zip(_as_list(rows_params), ROW_FILE_SUFFIXES):  # one file per text encoder
+            write_embeddings(tmp / rows_file(suffix), {config.placeholder_token: rows_param.numpy().astype(np.float32)},
+                             fmt="pdparams")
+        save_file(optimizer_arrays(optimizer, rows_params), str(tmp / OPTIMIZER_FILE))
         state = {
             "format": STATE_FORMAT,
             "global_step": step,
@@ -406,7 +422,7 @@ def find_resume(config: TrainConfig, world_size: int, is_main: bool) -> Optional
     return ResumePoint(path=path, step=marker["step"], config=config, state=state)
 
 
-def restore(resume: ResumePoint, rows_param, optimizer, lr_scheduler, loss_scaler, facts: RunFacts,
+def restore(resume: ResumePoint, rows_params, optimizer, lr_scheduler, loss_scaler, facts: RunFacts,
             max_train_steps: int, is_main: bool) -> int:
     """Load the checkpoint into the set-up run; returns the step to continue after."""
     import paddle
@@ -423,12 +439,17 @@ def restore(resume: ResumePoint, rows_param, optimizer, lr_scheduler, loss_scale
     if resume.step > max_train_steps:
         raise CheckpointError(f"cannot resume from {resume.path}: it is at step {resume.step}, beyond "
                               f"--max_train_steps {max_train_steps}; raise --max_train_steps to train further")
-    (embedding,) = read_embeddings(resume.path / ROWS_FILE)
-    if tuple(embedding.vectors.shape) != tuple(rows_param.shape):
-        raise CheckpointError(f"cannot resume from {resume.path}: its rows have shape "
-                              f"{list(embedding.vectors.shape)}, this model's placeholder rows {list(rows_param.shape)}")
-    rows_param.set_value(paddle.to_tensor(embedding.vectors, dtype=rows_param.dtype))
-    load_optimizer_arrays(optimizer, rows_param, load_file(str(resume.path / OPTIMIZER_FILE)))
+    for rows_param, suffix in zip(_as_list(rows_params), ROW_FILE_SUFFIXES):
+        path = resume.path / rows_file(suffix)
+        if not path.is_file():
+            raise CheckpointError(f"cannot resume from {resume.path}: it has no {path.name} (it was written for a "
+                                  "model with fewer text encoders)")
+        (embedding,) = read_embeddings(path)
+        if tuple(embedding.vectors.shape) != tuple(rows_param.shape):
+            raise CheckpointError(f"cannot resume from {resume.path}: its rows have shape {list(embedding.vectors.shape)}"
+                                  f", this model's placeholder rows {list(rows_param.shape)}")
+        rows_param.set_value(paddle.to_tensor(embedding.vectors, dtype=rows_param.dtype))
+    load_optimizer_arrays(optimizer, rows_params, load_file(str(resume.path / OPTIMIZER_FILE)))
     lr_scheduler.set_state_dict(state["lr_scheduler"])
     loss_scaler.load_state_dict(state.get("loss_scaler", {}))  # (absent in older checkpoints: default scale)
     if is_main:  # only rank 0's generators were saved; the other ranks keep their seed + rank
@@ -436,15 +457,16 @@ def restore(resume: ResumePoint, rows_param, optimizer, lr_scheduler, loss_scale
     return resume.step
 
 
-def load_optimizer_arrays(optimizer, param, arrays: dict[str, np.ndarray]) -> None:
+def load_optimizer_arrays(optimizer, params, arrays: dict[str, np.ndarray]) -> None:
     """The inverse of optimizer_arrays: create the accumulators now (Paddle creates them lazily at the first
     step), then fill them by kind."""
     import paddle
 
+    params = _as_list(params)
     # The same call optimizer.step() makes before its first update; creating them early changes no value.
-    optimizer._create_accumulators(paddle.static.default_main_program().global_block(), [param])
+    optimizer._create_accumulators(paddle.static.default_main_program().global_block(), params)
     current = {key: value for key, value in optimizer.state_dict().items() if key != "LR_Scheduler"}
-    by_kind = {re.sub(r"_\d+$", "", key[len(param.name) + 1:]): key for key in current}
+    by_kind = {_kind_key(key, params): key for key in current}
     if set(by_kind) != set(arrays):
         raise CheckpointError(f"the checkpoint's optimizer state holds {sorted(arrays)}, this optimizer "
                               f"{sorted(by_kind)}")

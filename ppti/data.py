@@ -56,17 +56,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def center_crop_to_aspect(image: Image.Image, height: int, width: int) -> Image.Image:
-    """The largest centred region with the target aspect ratio (a square for square targets)."""
-    w, h = image.size
+def center_crop_box(w: int, h: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the largest centred region of a w x h image with the target aspect ratio."""
     target = width / height
     if w / h > target:
         new_w = round(h * target)
         left = (w - new_w) // 2
-        return image.crop((left, 0, left + new_w, h))
+        return left, 0, left + new_w, h
     new_h = round(w / target)
     top = (h - new_h) // 2
-    return image.crop((0, top, w, top + new_h))
+    return 0, top, w, top + new_h
+
+
+def center_crop_to_aspect(image: Image.Image, height: int, width: int) -> Image.Image:
+    """The largest centred region with the target aspect ratio (a square for square targets)."""
+    return image.crop(center_crop_box(*image.size, height, width))
+
+
+def size_conditioning(image: Image.Image, height: int, width: int, center_crop: bool) -> np.ndarray:
+    """(6,) SDXL's time_ids for this image: original (h, w), crop top-left (y, x) in original pixels, target
+    (h, w) -- the region `image_variants` keeps (the centred crop, or the whole image resized)."""
+    w, h = image.size
+    top = left = 0
+    if center_crop:
+        left, top = center_crop_box(w, h, height, width)[:2]
+    return np.asarray([h, w, top, left, height, width], dtype=np.float32)
 
 
 def image_variants(image: Image.Image, height: int, width: int, center_crop: bool) -> np.ndarray:
@@ -87,6 +101,7 @@ class ConceptImages:
     pixels: np.ndarray | list[np.ndarray]
     skipped: list[tuple[Path, str]]
     image_bucket: Optional[np.ndarray] = None  # (num_images,) index into the bucket sizes, with --buckets
+    time_ids: Optional[np.ndarray] = None  # (num_images * 2, 6) float32: each variant's size_conditioning (SDXL)
 
     @property
     def num_images(self) -> int:
@@ -132,7 +147,7 @@ def load_concept_images(
         raise DataError(f"--train_data_dir {data_dir}: no such directory")
     candidates, others = find_image_files(data_dir)
     others = [p for p in others if not is_caption_file(p, candidates, caption_extension)]
-    paths, variants, skipped, buckets = [], [], [], []
+    paths, variants, skipped, buckets, time_ids = [], [], [], [], []
     for path in candidates:
         try:
             with Image.open(path) as image:
@@ -146,8 +161,10 @@ def load_concept_images(
         if bucket_sizes:
             buckets.append(closest_bucket(*rgb.size, bucket_sizes))
             variants.append(image_variants(rgb, *bucket_sizes[buckets[-1]], center_crop=True))
+            time_ids += [size_conditioning(rgb, *bucket_sizes[buckets[-1]], center_crop=True)] * 2
         else:
             variants.append(image_variants(rgb, height, width, center_crop))
+            time_ids += [size_conditioning(rgb, height, width, center_crop)] * 2  # as is, flipped
     for p in others:
         link = p.is_symlink() and not p.exists()
         skipped.append((p, "a broken or looping symbolic link" if link else "not an image file (by its extension)"))
@@ -161,8 +178,9 @@ def load_concept_images(
         )
     if bucket_sizes:
         pixels = [variant for pair in variants for variant in pair]
-        return ConceptImages(paths, pixels, skipped, image_bucket=np.asarray(buckets, dtype=np.int64))
-    return ConceptImages(paths=paths, pixels=np.concatenate(variants), skipped=skipped)
+        return ConceptImages(paths, pixels, skipped, image_bucket=np.asarray(buckets, dtype=np.int64),
+                             time_ids=np.stack(time_ids))
+    return ConceptImages(paths=paths, pixels=np.concatenate(variants), skipped=skipped, time_ids=np.stack(time_ids))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -215,6 +233,7 @@ class ExampleStream:
         noise_offset: float = 0.0,
         image_prompts: Optional[Sequence[np.ndarray]] = None,  # per image: its rows of prompt_ids (default: all)
         buckets: Optional[Buckets] = None,  # with --buckets: the order and latent shape come from each image's bucket
+        time_ids: np.ndarray | None = None,  # (num_images * 2, 6): each variant's SDXL size conditioning
     ):
         self.seed, self.num_images, self.repeats = seed, num_images, repeats
         self.prompt_ids = prompt_ids
@@ -224,6 +243,7 @@ class ExampleStream:
         self.noise_offset = noise_offset
         self.buckets = buckets
         self._order_cache: tuple[int, np.ndarray] | None = None
+        self.time_ids = time_ids if time_ids is not None else np.zeros((num_images * 2, 6), np.float32)
 
     def order(self, epoch: int) -> np.ndarray:
         if self._order_cache is None or self._order_cache[0] != epoch:
@@ -256,6 +276,7 @@ class ExampleStream:
             "timestep": np.int64(timestep),
             "noise": noise,
             "posterior_eps": posterior_eps,
+            "time_ids": self.time_ids[image * 2 + flipped],
         }
 
 

@@ -34,6 +34,7 @@ TOKENIZERS = {
 FAMILY_MAX_LENGTH = {"clip": 77, "bert": 512, "xlmr": 77}
 UNSET_MAX_LENGTH = 10**8  # paddlenlp's "no model_max_length" is a huge integer
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")  # what an SDXL folder has besides REQUIRED_COMPONENTS
 
 
 class ModelError(ValueError):
@@ -64,6 +65,11 @@ class Components:
     def vae(self):
         return self.pipeline.vae
 
+    @property
+    def is_sdxl(self) -> bool:
+        """Two text encoders (StableDiffusionXLPipeline): see conditioning.SDXLConditioning."""
+        return getattr(self.pipeline, "text_encoder_2", None) is not None
+
 
 def read_json(path: Path, flag: str) -> dict:
     try:
@@ -92,6 +98,42 @@ def check_model_folder(model_dir: Path) -> dict:
             f"(present: {', '.join(present) or 'none'}); re-download or re-save the model"
         )
     return index
+
+
+def _named(index: dict, name: str) -> bool:
+    """model_index.json names a component (not absent, not [null, null])."""
+    value = index.get(name)
+    return isinstance(value, list) and bool(value[0])
+
+
+def check_sdxl_folder(model_dir: Path, index: dict) -> bool:
+    """Whether the folder is an SDXL pipeline; a half-SDXL folder (one of its two text encoders or tokenizers
+    missing, the refiner, a UNet without SDXL's text_time conditioning) is refused naming what is missing."""
+    flag = f"--pretrained_model_name_or_path {model_dir}"
+    named = [name for name in SDXL_COMPONENTS if _named(index, name)]
+    if not named and "XL" not in str(index.get("_class_name", "")):
+        return False
+    missing = [name for name in ("text_encoder", "tokenizer", *SDXL_COMPONENTS) if not _named(index, name)]
+    if missing:
+        refiner = " (an SDXL refiner has no first text encoder and cannot learn a CLIP-L embedding)" \
+            if "text_encoder" in missing else ""
+        raise ModelError(f"{flag}: an SDXL pipeline needs text_encoder, tokenizer, text_encoder_2 and tokenizer_2; "
+                         f"model_index.json names no {', '.join(missing)}{refiner}. Use the SDXL base model folder")
+    config = read_json(model_dir / "text_encoder_2" / "config.json", flag)
+    architecture = (config.get("architectures") or [None])[0]
+    if architecture != "CLIPTextModelWithProjection":
+        raise ModelError(f"{model_dir / 'text_encoder_2'}: SDXL's second text encoder must be a "
+                         f"CLIPTextModelWithProjection (its pooled, projected output conditions the UNet), got "
+                         f"{architecture}")
+    unet = read_json(model_dir / "unet" / "config.json", flag)
+    if unet.get("addition_embed_type") != "text_time":
+        raise ModelError(f"{model_dir / 'unet'}: the UNet of an SDXL pipeline must have addition_embed_type "
+                         f"'text_time' (got {unet.get('addition_embed_type')!r}); the folder mixes SDXL and SD-1.x "
+                         "components")
+    missing_files = [f"tokenizer_2/{f}" for f in TOKENIZERS["clip"][1] if not (model_dir / "tokenizer_2" / f).is_file()]
+    if missing_files:
+        raise ModelError(f"{flag}: {', '.join(missing_files)} missing; re-download the model")
+    return True
 
 
 def text_encoder_architecture(model_dir: Path) -> str:
@@ -225,6 +267,7 @@ def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Co
     overrides = {}  # components built here instead of by DiffusionPipeline.from_pretrained
     if local:
         index = check_model_folder(model_dir)
+        check_sdxl_folder(model_dir, index)
         architecture = text_encoder_architecture(model_dir)
         check_tokenizer_folder(model_dir, index, architecture)
     try:
@@ -263,8 +306,9 @@ def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Co
     text_config = pipeline.text_encoder.config
     text_config = text_config if isinstance(text_config, dict) else text_config.to_dict()
     family = FAMILIES[architecture][0]
-    for part in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
-        part.eval()  # frozen: no dropout, deterministic forward
+    for part in (pipeline.unet, pipeline.vae, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)):
+        if part is not None:
+            part.eval()  # frozen: no dropout, deterministic forward
     return Components(
         pipeline=pipeline,
         noise_scheduler=noise_scheduler,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,19 +29,27 @@ SAVE_FORMATS = {
 }
 
 
-def embeddings_name(step: Optional[int]) -> str:
-    return "learned_embeds" if step is None else f"learned_embeds-steps-{step}"
+# The rows of text encoder i go to learned_embeds{ROW_FILE_SUFFIXES[i]}.*: one file per text encoder, the layout
+# diffusers' SDXL trainer writes (learned_embeds_2 for text_encoder_2) and ppdiffusers loads with two calls.
+ROW_FILE_SUFFIXES = ("", "_2")
 
 
-def save_embeddings(config: TrainConfig, rows: np.ndarray, step: Optional[int] = None) -> Path:
-    """`{placeholder_token: float32 [num_vectors, dim]}`, as ppdiffusers/diffusers load_textual_inversion expect;
-    written atomically. Returns the first file written."""
+def embeddings_name(step: Optional[int], encoder: int = 0) -> str:
+    stem = f"learned_embeds{ROW_FILE_SUFFIXES[encoder]}"
+    return stem if step is None else f"{stem}-steps-{step}"
+
+
+def save_embeddings(config: TrainConfig, rows: np.ndarray | Sequence[np.ndarray], step: Optional[int] = None) -> Path:
+    """`{placeholder_token: float32 [num_vectors, dim]}` per text encoder (`rows` one array, or one per encoder),
+    as ppdiffusers/diffusers load_textual_inversion expect; written atomically. Returns the first file written."""
     out_dir = Path(config.output_dir)
     written = []
+    row_sets = [rows] if isinstance(rows, np.ndarray) else list(rows)
     for suffix, fmt in SAVE_FORMATS[config.save_format]:
-        path = out_dir / f"{embeddings_name(step)}{suffix}"
-        write_embeddings(path, {config.placeholder_token: rows.astype(np.float32)}, fmt=fmt)
-        written.append(path)
+        for encoder, encoder_rows in enumerate(row_sets):
+            path = out_dir / f"{embeddings_name(step, encoder)}{suffix}"
+            write_embeddings(path, {config.placeholder_token: encoder_rows.astype(np.float32)}, fmt=fmt)
+            written.append(path)
     log.info("saved %s", ", ".join(str(p) for p in written))
     return written[0]
 
@@ -98,17 +106,19 @@ def write_run_files(config: TrainConfig, seed: int, language: str, fresh: bool =
     atomic_write_text(out_dir / CONFIG_FILE, to_yaml(config, {"resolved seed": seed, "resolved language": language}))
 
 
-def save_pipeline(config: TrainConfig, components, rows_layer) -> None:
-    """The whole pipeline with the new tokens, so StableDiffusionPipeline.from_pretrained(output_dir) works."""
+def save_pipeline(config: TrainConfig, components, conditioning) -> None:
+    """The whole pipeline with the new tokens, so StableDiffusion(XL)Pipeline.from_pretrained(output_dir) works."""
     from .tokens import install_placeholder_layer, restore_plain_embedding
 
-    text_encoder = components.text_encoder
-    restore_plain_embedding(text_encoder, rows_layer)
+    pairs = [(slot.text_encoder, layer) for slot, layer in zip(conditioning.slots, conditioning.row_layers)]
+    for text_encoder, layer in pairs:
+        restore_plain_embedding(text_encoder, layer)
     try:
         with atomic_dir(config.output_dir) as tmp:  # ppdiffusers writes the files itself: into a temporary folder
             components.pipeline.save_pretrained(str(tmp))
     finally:
-        install_placeholder_layer(text_encoder, rows_layer)
+        for text_encoder, layer in pairs:
+            install_placeholder_layer(text_encoder, layer)
     log.info("saved the full pipeline to %s", config.output_dir)
 
 

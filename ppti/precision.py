@@ -102,9 +102,11 @@ class Precision:
         """Backward of the loss, scaled for fp16."""
         (loss * self.scaler.scale if self.scaler.enabled else loss).backward()
 
-    def unscale(self, rows: paddle.Tensor) -> paddle.Tensor:
-        """Unscale the rows' (all-reduced) gradient; 1.0 on the device if it is not finite."""
-        return self.scaler.unscale_(rows.grad)
+    def unscale(self, rows) -> paddle.Tensor:
+        """Unscale the rows' (all-reduced) gradient -- one tensor, or a list: one per text encoder; 1.0 on the
+        device if any is not finite."""
+        rows = rows if isinstance(rows, (list, tuple)) else [rows]
+        return paddle.stack([self.scaler.unscale_(r.grad) for r in rows]).max()
 
     def problem(self, step: int, loss: float, overflow: bool) -> Optional[str]:
         """Why the run must end at this step (None: go on). Call before `step`; nothing has been updated yet, so
@@ -230,6 +232,8 @@ def unet_takes_text_encoder_output(unet) -> Iterator[None]:
             kwargs["encoder_hidden_states"] = hidden.astype(layer.dtype)
         elif len(args) > 2:
             args = (*args[:2], args[2].astype(layer.dtype), *args[3:])
+        if kwargs.get("added_cond_kwargs"):  # SDXL: the second encoder's pooled text_embeds and the time_ids
+            kwargs["added_cond_kwargs"] = {k: v.astype(layer.dtype) for k, v in kwargs["added_cond_kwargs"].items()}
         return args, kwargs
 
     def cast_output(layer, args, kwargs, output):

@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from .captions import Caption, PromptTable, listing, prompt_table
 from .config import ConfigError, TrainConfig
-from .models import Components, detect_language, load_text_side, prompt_max_length, tokenize_fn
+from .models import Components, ModelError, detect_language, load_text_side, prompt_max_length, tokenize_fn
 from .templates import parse_template_file, templates_for
 from .tokens import TokenError, check_prompts_contain, placeholder_count_problems, unknown_token_templates
 
@@ -35,6 +35,7 @@ class Prompts:
     ids: np.ndarray  # (num_prompts, max_length) int64: each prompt with the placeholder filled in
     max_length: int
     image_prompts: Optional[list[np.ndarray]] = None  # per image: its rows of ids (None: every image uses all)
+    texts: Sequence[str] = ()  # the prompt of each row of ids (tokenized again by SDXL's second tokenizer)
 
 
 def choose_templates(config: TrainConfig, language: str) -> tuple[list[str], str]:
@@ -96,7 +97,7 @@ def build_prompts(config: TrainConfig, components: Components, placeholder_ids: 
         log.warning("%d prompt(s) hold characters the tokenizer does not know (they train as %s), e.g. %s",
                     len(unknown), tokenizer.unk_token, unknown[0])
     return Prompts(language=language, templates=templates, ids=ids, max_length=max_length,
-                   image_prompts=table.image_prompts)
+                   image_prompts=table.image_prompts, texts=list(table.texts))
 
 
 def check_caption_prompts(table: PromptTable, ids: np.ndarray, placeholder_ids: list[int], tokenizer,
@@ -122,3 +123,23 @@ def check_caption_prompts(table: PromptTable, ids: np.ndarray, placeholder_ids: 
             reasons.append(f"these prompts do not hold each placeholder vector exactly once as a single token: "
                            f"{listing(other)}")
         raise TokenError("--caption_source: " + "; ".join(reasons))
+
+
+def ids_per_encoder(config: TrainConfig, prompts: Prompts, slots: list[tuple[Any, list[int]]]) -> np.ndarray:
+    """The prompt ids the conditioning reads: (num_prompts, T) for one text encoder, (num_prompts, E, T) for E
+    encoders, each row tokenized by that encoder's own tokenizer (`slots`: (tokenizer, placeholder ids) per
+    encoder; the first is `prompts.ids`). SDXL concatenates the encoders' states per token, so both tokenizers must
+    pad to the same length, as they do in SDXL (77)."""
+    if len(slots) == 1:
+        return prompts.ids
+    rows = [prompts.ids]
+    for tokenizer, placeholder_ids in slots[1:]:
+        if tokenizer.model_max_length != prompts.max_length:
+            raise ModelError(f"--pretrained_model_name_or_path {config.pretrained_model_name_or_path}: the second "
+                             f"tokenizer pads prompts to {tokenizer.model_max_length} tokens, the first to "
+                             f"{prompts.max_length}; SDXL needs both the same (77)")
+        tokenize = tokenize_fn(tokenizer, prompts.max_length)
+        ids = np.asarray([tokenize(text) for text in prompts.texts], dtype=np.int64)
+        check_prompts_contain(ids, placeholder_ids, prompts.texts, tokenizer)
+        rows.append(ids)
+    return np.stack(rows, axis=1)

@@ -16,6 +16,12 @@ text still tokenizes (CLIP byte pieces, BERT wordpieces, sentencepiece character
 Weights are written by each component's own `save_pretrained`; the same seed gives byte-identical files.
 Sizes keep SD's shapes where the trainer depends on them: VAE downsampling 8 with 4 latent channels and
 scaling factor 0.18215 (64x64 images -> 8x8 latents), UNet cross-attention width = text-encoder width.
+
+`arch="sdxl"` writes SDXL's layout instead (`StableDiffusionXLPipeline`): two CLIP tokenizers over the same tiny
+vocabulary (the second pads with "!" as SDXL's OpenCLIP tokenizer does), `text_encoder` a CLIPTextModel (32 wide,
+SDXL's 768) and `text_encoder_2` a CLIPTextModelWithProjection (64 wide, SDXL's 1280), a UNet with
+`addition_embed_type="text_time"` conditioned on both (cross-attention 96 = 32 + 64; SDXL's 2048), SDXL's VAE
+scaling factor 0.13025 and its Euler scheduler.
 """
 
 from __future__ import annotations
@@ -30,10 +36,13 @@ from typing import Iterator
 from .atomic import atomic_dir, set_normal_permissions
 
 LANGUAGES = ("en", "zh", "zh_en")
+ARCHS = ("sd", "sdxl")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "unet", "vae")  # subfolders make_tiny_model owns
 
 TEXT_WIDTH = 32  # text-encoder hidden size == UNet cross_attention_dim
+TEXT_WIDTH_2 = 64  # SDXL's second text encoder (hidden size and projection)
+TIME_EMBED_DIM = 8  # SDXL UNet addition_time_embed_dim (256 in SDXL)
 IMAGE_SIZE = 64  # pixels; the VAE's 3 downsamplings make this an 8x8 latent
 
 # Words of the textual-inversion templates (object + style, English) and of common prompts/initializers.
@@ -333,12 +342,20 @@ def _model_index(pipeline_class: str, text_encoder: list, tokenizer: list) -> di
     }
 
 
-def make_tiny_model(out_dir, language: str = "en", seed: int = 0, prediction_type: str = "epsilon") -> Path:
-    """Write a tiny random Stable Diffusion pipeline folder for `language` into `out_dir` and return its path.
+def make_tiny_model(out_dir, language: str = "en", seed: int = 0, prediction_type: str = "epsilon",
+                    arch: str = "sd") -> Path:
+    """Write a tiny random Stable Diffusion pipeline folder for `language` (SD-1.x layouts) or `arch="sdxl"`
+    into `out_dir` and return its path.
 
     Same arguments -> byte-identical files. Existing component subfolders of `out_dir` are replaced; the
     caller's paddle RNG state is left unchanged.
     """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if arch == "sdxl":
+        if language != "en":
+            raise ValueError("the SDXL tiny model has English CLIP tokenizers only (language 'en')")
+        return make_tiny_sdxl(out_dir, seed, prediction_type)
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
     if prediction_type not in PREDICTION_TYPES:
@@ -406,4 +423,91 @@ def make_tiny_clip(out_dir, language: str = "en", seed: int = 0) -> Path:
     processor = CLIPImageProcessor if language == "en" else ChineseCLIPImageProcessor
     processor(size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
               ).save_pretrained(str(out))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ SDXL
+
+
+def _sdxl_text_encoder(vocab_size: int, second: bool):
+    """SDXL's text encoders shrunk: CLIP-L (CLIPTextModel) and OpenCLIP-G (CLIPTextModelWithProjection, gelu),
+    both with the legacy eos_token_id 2 of the real configs (pooling at argmax(id))."""
+    from ppdiffusers.transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    width = TEXT_WIDTH_2 if second else TEXT_WIDTH
+    config = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=77, hidden_size=width,
+                            num_hidden_layers=3, num_attention_heads=4, intermediate_size=2 * width,
+                            projection_dim=width, hidden_act="gelu" if second else "quick_gelu",
+                            bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    return CLIPTextModelWithProjection(config) if second else CLIPTextModel(config)
+
+
+def _sdxl_unet():
+    """SDXL's UNet layout shrunk: no attention in the first block, linear projections, text_time conditioning."""
+    from ppdiffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH + TEXT_WIDTH_2, attention_head_dim=(2, 4), use_linear_projection=True,
+        norm_num_groups=32, addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=TIME_EMBED_DIM * 6 + TEXT_WIDTH_2,
+    )
+
+
+def _sdxl_vae():
+    from ppdiffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 32), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, sample_size=IMAGE_SIZE, scaling_factor=0.13025, force_upcast=True,
+    )
+
+
+def _sdxl_scheduler(prediction_type: str):
+    """SDXL's scheduler_config.json (Euler, leading spacing); training builds its DDPM schedule from it."""
+    from ppdiffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                  beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
+                                  interpolation_type="linear", prediction_type=prediction_type)
+
+
+SDXL_COMPONENTS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae")
+
+
+def make_tiny_sdxl(out_dir, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """Write a tiny random SDXL pipeline folder (see the module docstring) and return its path."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    out = Path(out_dir)
+    for sub in SDXL_COMPONENTS:
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+        (out / sub).mkdir(parents=True)
+    vocab_size = _write_clip_tokenizer(out / "tokenizer")
+    _write_clip_tokenizer(out / "tokenizer_2")
+    config_2 = json.loads((out / "tokenizer_2" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    _write_json(out / "tokenizer_2" / "tokenizer_config.json", {**config_2, "pad_token": "!"})
+    special_2 = json.loads((out / "tokenizer_2" / "special_tokens_map.json").read_text(encoding="utf-8"))
+    _write_json(out / "tokenizer_2" / "special_tokens_map.json", {**special_2, "pad_token": "!"})
+    builders = {
+        "text_encoder": lambda: _sdxl_text_encoder(vocab_size, second=False),
+        "text_encoder_2": lambda: _sdxl_text_encoder(vocab_size, second=True),
+        "unet": _sdxl_unet, "vae": _sdxl_vae,
+    }
+    for offset, (name, build) in enumerate(builders.items()):
+        with _reproducible(seed * len(builders) + offset):
+            model = build()
+        model.save_pretrained(str(out / name))
+    _sdxl_scheduler(prediction_type).save_pretrained(str(out / "scheduler"))
+    index = _model_index("StableDiffusionXLPipeline", ["paddlenlp.transformers", "CLIPTextModel"],
+                         ["paddlenlp.transformers", "CLIPTokenizer"])
+    for key in ("safety_checker", "requires_safety_checker"):
+        index.pop(key)
+    index.update(scheduler=["ppdiffusers", "EulerDiscreteScheduler"], force_zeros_for_empty_prompt=True,
+                 text_encoder_2=["paddlenlp.transformers", "CLIPTextModelWithProjection"],
+                 tokenizer_2=["paddlenlp.transformers", "CLIPTokenizer"])
+    _write_json(out / "model_index.json", index)
     return out

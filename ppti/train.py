@@ -21,6 +21,7 @@ import paddle.nn.functional as F
 from . import checkpoint, outputs
 from .buckets import Buckets
 from .captions import load_captions
+from .conditioning import Conditioning, build_conditioning
 from .config import DEFAULT_MAX_TRAIN_STEPS, ConfigError, TrainConfig, check_paths
 from .data import ExampleStream, RankBatches, StreamLayout, load_concept_images
 from .determinism import make_deterministic
@@ -31,11 +32,9 @@ from .evaluation import TrainingEvaluation
 from .latents import latent_shape, latent_source, release_vae, vae_needed_after_setup
 from .models import Components, load_components
 from .precision import Precision, cast_vae_for_decoding, prepare_frozen_models, resolve_precision
-from .prompts import build_prompts, check_prompt_room
+from .prompts import build_prompts, check_prompt_room, ids_per_encoder
 from .reporting import NullReporter, Reporter, format_summary, progress_bar, setup_console
-from .tokens import (
-    PlaceholderEmbedding, add_placeholder_tokens, initializer_ids, install_trainable_rows,
-)
+from .tokens import PlaceholderEmbedding
 from .signals import StopRequest, TrainingInterrupted, stop_on_signals
 from .validation import VALIDATION_DIR, run_validation, validation_due, warn_missing_placeholder
 
@@ -52,9 +51,8 @@ class Run:
     ctx: DistContext
     seed: int
     components: Components
-    rows: PlaceholderEmbedding  # the layer holding the trainable rows
-    placeholder_ids: list[int]
-    text_encoder: Any  # possibly wrapped in paddle.DataParallel
+    conditioning: Conditioning  # prompt ids -> UNet conditioning; holds one row set per text encoder
+    text_encoder: Any  # the conditioning, wrapped in paddle.DataParallel when several ranks run
     latents: Any
     stream: ExampleStream
     layout: StreamLayout
@@ -67,6 +65,15 @@ class Run:
     language: str
     precision: Precision  # compute dtype of the frozen UNet/VAE; loss scaling for fp16
     evaluation: Optional[TrainingEvaluation] = None  # eval/loss, embedding norm/drift, early stopping
+
+    @property
+    def rows(self) -> PlaceholderEmbedding:
+        """The first text encoder's row layer (the only one before SDXL)."""
+        return self.conditioning.row_layers[0]
+
+    @property
+    def placeholder_ids(self) -> list[int]:
+        return self.rows.placeholder_ids
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,8 @@ def resolve_max_train_steps(config: TrainConfig, micro_batches_per_epoch: int) -
     return DEFAULT_MAX_TRAIN_STEPS
 
 
-def build_optimizer(config: TrainConfig, rows: paddle.Tensor, learning_rate: float, max_train_steps: int):
-    """AdamW over the placeholder rows only; the LR schedule steps once per optimizer step and ends exactly at
+def build_optimizer(config: TrainConfig, rows, learning_rate: float, max_train_steps: int):
+    """AdamW over the placeholder rows only (one tensor, or a list: one per text encoder); the LR schedule steps once per optimizer step and ends exactly at
     max_train_steps (the example multiplies warmup/total by the accumulation steps)."""
     from ppdiffusers.optimization import get_scheduler
 
@@ -109,7 +116,7 @@ def build_optimizer(config: TrainConfig, rows: paddle.Tensor, learning_rate: flo
     )
     optimizer = paddle.optimizer.AdamW(
         learning_rate=lr_scheduler,
-        parameters=[rows],
+        parameters=list(rows) if isinstance(rows, (list, tuple)) else [rows],
         beta1=config.adam_beta1,
         beta2=config.adam_beta2,
         epsilon=config.adam_epsilon,
@@ -154,14 +161,14 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     # 2. models, then the placeholder tokens (they change the tokenizer and the text encoder's embedding)
     components = components or load_components(config.pretrained_model_name_or_path, config.tokenizer_name)
     prepare_frozen_models(components, precision)  # no weight gradients; compute dtype (before the fp32 rows exist)
-    tokenizer = components.tokenizer
-    placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_tokens())
-    init_ids, _ = initializer_ids(tokenizer, config.initializer_token)  # logs the pieces it averages
-    rows = install_trainable_rows(components.text_encoder, len(tokenizer), placeholder_ids, init_ids)
+    conditioning = build_conditioning(components, config.placeholder_tokens(), config.initializer_token)
 
-    # 3. prompts: templates in the model's language and/or captions, tokenized once (before any UNet/VAE work)
-    prompts = build_prompts(config, components, placeholder_ids, images.paths, captions)
-    templates, language, prompt_ids = prompts.templates, prompts.language, prompts.ids
+    # 3. prompts: templates in the model's language and/or captions, tokenized once per text encoder (before any
+    # UNet/VAE work)
+    prompts = build_prompts(config, components, conditioning.row_layers[0].placeholder_ids, images.paths, captions)
+    templates, language = prompts.templates, prompts.language
+    prompt_ids = ids_per_encoder(config, prompts, [(s.tokenizer, layer.placeholder_ids)
+                                                   for s, layer in zip(conditioning.slots, conditioning.row_layers)])
 
     # 4. latents: every image variant encoded once (unless --no_cache_latents); the example stream draws everything
     # else per example. The VAE is released afterwards when nothing else needs it.
@@ -178,6 +185,7 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
         noise_offset=config.noise_offset,
         image_prompts=prompts.image_prompts,
         buckets=image_buckets(config, images.image_bucket, components.vae, ctx.world_size),
+        time_ids=images.time_ids,
     )
     if not vae_needed_after_setup(config):
         release_vae(components.pipeline)
@@ -197,17 +205,17 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     learning_rate = config.learning_rate
     if config.scale_lr:
         learning_rate *= config.gradient_accumulation_steps * config.train_batch_size * ctx.world_size
-    optimizer, lr_scheduler = build_optimizer(config, rows.rows, learning_rate, max_train_steps)
+    optimizer, lr_scheduler = build_optimizer(config, conditioning.rows, learning_rate, max_train_steps)
     if config.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
     if config.enable_xformers_memory_efficient_attention:
         enable_memory_efficient_attention(components.unet)
-    text_encoder = wrap_data_parallel(components.text_encoder, ctx)
+    text_encoder = wrap_data_parallel(conditioning, ctx)
 
     reporter = Reporter(config.report_to, config.logging_path) if ctx.is_main else NullReporter()
-    run = Run(config, ctx, seed, components, rows, placeholder_ids, text_encoder, latents, stream, layout,
+    run = Run(config, ctx, seed, components, conditioning, text_encoder, latents, stream, layout,
               max_train_steps, learning_rate, optimizer, lr_scheduler, reporter, templates, language,
-              precision=precision, evaluation=TrainingEvaluation(config, stream, rows, ctx, reporter))
+              precision=precision, evaluation=TrainingEvaluation(config, stream, conditioning.row_layers[0], ctx, reporter))
     log.info(summary(run, images.num_images, len(images.skipped)))
     return run
 
@@ -255,12 +263,9 @@ def micro_step_loss(run: Run, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
     latents = run.latents.sample(batch["variant"], batch["posterior_eps"])  # (B, C, h, w)
     noise, timesteps = batch["noise"], batch["timestep"]
     noisy_latents = scheduler.add_noise(latents, noise, timesteps)
-    input_ids = batch["input_ids"]
-    attention_mask = None
-    if run.components.use_attention_mask:
-        attention_mask = (input_ids != run.components.tokenizer.pad_token_id).astype("int64")
-    encoder_hidden_states = run.text_encoder(input_ids, attention_mask=attention_mask)[0]  # (B, T, D)
-    model_pred = unet(noisy_latents.astype(unet.dtype), timesteps, encoder_hidden_states.astype(unet.dtype)).sample
+    # (B, T, D) states the UNet attends to, plus what else this architecture conditions on (SDXL: added_cond_kwargs)
+    encoder_hidden_states, extra = run.text_encoder(batch["input_ids"], batch["time_ids"], unet.dtype)
+    model_pred = unet(noisy_latents.astype(unet.dtype), timesteps, encoder_hidden_states, **extra).sample
     if scheduler.config.prediction_type == "epsilon":
         target = noise
     elif scheduler.config.prediction_type == "v_prediction":
@@ -292,7 +297,7 @@ def optimizer_step(run: Run, micro_batches, stop: Optional[StopRequest] = None) 
             loss = micro_step_loss(run, batch) / k
             run.precision.backward(loss)
         loss_sum += loss.detach()
-    overflow = run.precision.unscale(run.rows.rows)  # (after the all-reduce: the same on every rank)
+    overflow = run.precision.unscale(run.conditioning.rows)  # (after the all-reduce: the same on every rank)
     loss, overflowed, signum = agree_on_step(loss_sum, overflow, stop.signum or 0 if stop else 0, run.ctx)
     if stop is not None:
         stop.agree(signum)
@@ -306,7 +311,8 @@ def optimizer_step(run: Run, micro_batches, stop: Optional[StopRequest] = None) 
 
 
 def learned_rows(run: Run) -> np.ndarray:
-    return run.rows.rows.numpy().astype(np.float32)  # (num_vectors, dim)
+    """The first text encoder's rows (num_vectors, dim); see Conditioning.learned_rows for all of them."""
+    return run.rows.rows.numpy().astype(np.float32)
 
 
 def train_loop(run: Run, start_step: int = 0, stop: Optional[StopRequest] = None) -> int:
@@ -331,7 +337,7 @@ def train_loop(run: Run, start_step: int = 0, stop: Optional[StopRequest] = None
                 run.reporter.scalar("train/skipped_steps", run.precision.scaler.skipped_steps, step)
             run.reporter.scalar("train/step_seconds", time.perf_counter() - started, step)
             if run.ctx.is_main and step % c.save_steps == 0:
-                outputs.save_embeddings(c, learned_rows(run), step=step)
+                outputs.save_embeddings(c, run.conditioning.learned_rows(), step=step)
             if run.ctx.is_main and c.checkpointing_steps and step % c.checkpointing_steps == 0:
                 save_checkpoint(run, step)
             if run.ctx.is_main and validation_due_at(run, step):
@@ -366,7 +372,7 @@ def evaluate(run: Run, step: int) -> bool:
         return False
     log.info("%s; stopping at step %d of %d", reason, step, run.max_train_steps)
     if run.ctx.is_main and step % run.config.save_steps:
-        outputs.save_embeddings(run.config, learned_rows(run), step=step)
+        outputs.save_embeddings(run.config, run.conditioning.learned_rows(), step=step)
     return True
 
 
@@ -382,13 +388,13 @@ def run_facts(run: Run) -> checkpoint.RunFacts:
 
 
 def save_checkpoint(run: Run, step: int) -> Path:
-    return checkpoint.save_checkpoint(run.config, step, run.rows.rows, run.optimizer, run.lr_scheduler,
+    return checkpoint.save_checkpoint(run.config, step, run.conditioning.rows, run.optimizer, run.lr_scheduler,
                                       run.precision.scaler, run_facts(run))
 
 
 def restore_checkpoint(run: Run, resume: checkpoint.ResumePoint) -> int:
     """Rows, optimizer, LR schedule and generators of the checkpoint; returns the step to continue after."""
-    return checkpoint.restore(resume, run.rows.rows, run.optimizer, run.lr_scheduler, run.precision.scaler,
+    return checkpoint.restore(resume, run.conditioning.rows, run.optimizer, run.lr_scheduler, run.precision.scaler,
                               run_facts(run), run.max_train_steps, run.ctx.is_main)
 
 
@@ -398,7 +404,7 @@ def save_and_stop(run: Run, step: int, stop: StopRequest) -> NoReturn:
     c = run.config
     final = Path(c.output_dir) / "learned_embeds.pdparams"
     if run.ctx.is_main:
-        final = outputs.save_embeddings(c, learned_rows(run))
+        final = outputs.save_embeddings(c, run.conditioning.learned_rows())
         if c.checkpointing_steps and step % c.checkpointing_steps:  # (at a multiple it was just saved)
             save_checkpoint(run, step)
     run.reporter.close()
@@ -435,7 +441,7 @@ def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> Trai
             step = train_loop(run, start_step, stop)
         except TrainingError:
             if ctx.is_main:
-                outputs.save_embeddings(config, learned_rows(run))
+                outputs.save_embeddings(config, run.conditioning.learned_rows())
             run.reporter.close()  # (the log up to the failed step)
             raise
     loop_seconds = time.perf_counter() - started
@@ -443,11 +449,11 @@ def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> Trai
         save_and_stop(run, step, stop)
     final = Path(config.output_dir) / "learned_embeds.pdparams"
     if ctx.is_main:
-        final = outputs.save_embeddings(config, learned_rows(run))
+        final = outputs.save_embeddings(config, run.conditioning.learned_rows())
         if config.validation_prompts and not validation_due_at(run, step):
             validate(run, step)  # the final embedding (unless its step has just been validated)
         if config.saves_full_pipeline:
-            outputs.save_pipeline(config, run.components, run.rows)
+            outputs.save_pipeline(config, run.components, run.conditioning)
         if config.push_to_hub:
             outputs.push_to_hub(config)
         log.info("done: %d steps; embedding saved to %s", step, final)
