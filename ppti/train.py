@@ -248,7 +248,7 @@ def summary(run: Run, num_images: int, num_skipped: int) -> str:
         ("latents", "cached (each image variant VAE-encoded once)" if c.cache_latents else "VAE-encoded every step"),
         ("mixed precision", c.mixed_precision),
         ("placeholder tokens", f"{' '.join(c.placeholder_tokens())} -> ids {run.placeholder_ids}"),
-        ("text encoder", f"{run.components.architecture} ({run.language} templates)"),
+        ("text encoder", f"{run.components.architecture}{' + CLIPTextModelWithProjection (SDXL)' if run.components.is_sdxl else ''} ({run.language} templates)"),
         ("seed", run.seed),
         ("device", paddle.device.get_device()),
     ], title="Running training")

