@@ -2,11 +2,12 @@
 text encoders' placeholder rows, computed as diffusers' examples/textual_inversion/textual_inversion_sdxl.py
 computes them (with the second text encoder's embedding trainable too, as kohya's SDXL trainer does).
 
-    python sdxl_ti_step.py MODEL_DIR IN.npz OUT.npz
+    python sdxl_ti_step.py MODEL_DIR IN.npz OUT.npz [IN2.npz OUT2.npz ...]
 
 IN.npz (written by the Paddle side): `texts` (the batch's prompts), `tokens` (placeholder names), `rows_1`,
-`rows_2` (initial placeholder rows), `latents`, `noise`, `timesteps`, `time_ids`. OUT.npz: `loss`, `grad_1`,
-`grad_2` (gradient on each row set), `ids_1`, `ids_2` (the prompts as diffusers' tokenizers encode them).
+`rows_2` (initial placeholder rows), `latents`, `noise`, `timesteps`, `time_ids`, `prediction_type` (the noise
+scheduler's, overriding the model's config). OUT.npz: `loss`, `grad_1`, `grad_2` (gradient on each row set),
+`ids_1`, `ids_2` (the prompts as diffusers' tokenizers encode them). Each IN/OUT pair starts from a fresh pipeline.
 """
 
 import sys
@@ -56,7 +57,7 @@ def main(model_dir: str, inputs: str, out: str) -> None:
     ids = [add_placeholder(pipe.tokenizer, pipe.text_encoder, tokens, data["rows_1"]),
            add_placeholder(pipe.tokenizer_2, pipe.text_encoder_2, tokens, data["rows_2"])]
     pipe.unet.requires_grad_(False)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=str(data["prediction_type"]))
 
     latents, noise = torch.from_numpy(data["latents"]), torch.from_numpy(data["noise"])
     timesteps = torch.from_numpy(data["timesteps"]).long()
@@ -84,4 +85,5 @@ def main(model_dir: str, inputs: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    for inputs, out in zip(sys.argv[2::2], sys.argv[3::2]):
+        main(sys.argv[1], inputs, out)
