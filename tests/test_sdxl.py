@@ -110,21 +110,41 @@ def _edit_index(model: Path, **changes) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------------------
-def test_sdxl_demo_config_end_to_end(tiny_sdxl, tmp_path):
-    """configs/sdxl_demo.yaml through the real entry point (fewer steps): one file per text encoder and step,
-    validation rendered by the SDXL pipeline."""
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def trained(tiny_sdxl, tmp_path_factory) -> Path:
+    """configs/sdxl_demo.yaml through the real entry point (2 vectors, 4 steps, checkpoints every 2)."""
+    out = tmp_path_factory.mktemp("trained") / "demo"
     proc = run_entry(["--config", str(REPO / "configs" / "sdxl_demo.yaml"), "--pretrained_model_name_or_path",
-                      str(tiny_sdxl), "--output_dir", str(out), "--max_train_steps", "4", "--save_steps", "2",
-                      "--save_format", "both"])
+                      str(tiny_sdxl), "--output_dir", str(out), "--num_vectors", "2", "--max_train_steps", "4",
+                      "--save_steps", "2", "--checkpointing_steps", "2", "--save_format", "both"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_sdxl_demo_config_end_to_end(trained):
+    """One file per text encoder and step, checkpoints with both row sets, validation by the SDXL pipeline."""
     for stem, width in (("learned_embeds", 32), ("learned_embeds_2", 64)):
         for name in (stem, f"{stem}-steps-2", f"{stem}-steps-4"):
-            saved = paddle.load(str(out / f"{name}.pdparams"))
-            assert list(saved) == [TOKEN] and np.asarray(saved[TOKEN]).shape == (1, width), name
-            assert (out / f"{name}.safetensors").is_file()
-    assert np.array_equal(_pdparams(out / "learned_embeds.pdparams"), _pdparams(out / "learned_embeds-steps-4.pdparams"))
-    assert (out / "validation" / "step-4.png").is_file()
+            saved = paddle.load(str(trained / f"{name}.pdparams"))
+            assert list(saved) == [TOKEN] and np.asarray(saved[TOKEN]).shape == (2, width), name
+            assert (trained / f"{name}.safetensors").is_file()
+        assert (trained / "checkpoints" / "checkpoint-2" / f"{stem}.pdparams").is_file()
+    assert np.array_equal(_pdparams(trained / "learned_embeds.pdparams"),
+                          _pdparams(trained / "learned_embeds-steps-4.pdparams"))
+    assert (trained / "validation" / "step-4.png").is_file()
+
+
+def test_resume_is_bitwise(trained, tmp_path):
+    """Resuming the run from checkpoint-2 ends with the same bits in both files as the uninterrupted run."""
+    out = tmp_path / "resumed"
+    shutil.copytree(trained / "checkpoints" / "checkpoint-2", out / "checkpoints" / "checkpoint-2")
+    proc = run_entry(["--config", str(trained / "train_config.yaml"), "--output_dir", str(out),
+                      "--resume_from_checkpoint", "latest"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("learned_embeds.pdparams", "learned_embeds_2.pdparams"):
+        assert np.array_equal(_pdparams(out / name), _pdparams(trained / name)), name
+    assert not np.array_equal(_pdparams(out / "learned_embeds_2.pdparams"),
+                              _pdparams(trained / "learned_embeds_2-steps-2.pdparams"))
 
 
 def test_both_row_sets_train_and_nothing_else_changes(tiny_sdxl, tmp_path):
@@ -224,3 +244,74 @@ def test_loss_and_both_gradients_match_the_diffusers_sdxl_computation(tmp_path):
             np.testing.assert_allclose(mine, theirs[key], rtol=1e-5, atol=1e-5 * np.abs(theirs[key]).max())
         losses.append(loss)
     assert losses[0] != losses[1]  # the two targets differ
+
+
+# ------------------------------------------------------------------------------------------------------------
+# files other tools load
+# ------------------------------------------------------------------------------------------------------------
+def _convert(*args) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "convert.py"), *map(str, args)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _ppdiffusers_encode(model: Path, files: tuple[Path, Path], token: str, prompts: list[str]):
+    """encode_prompt of each prompt after the README's two ppdiffusers load_textual_inversion calls."""
+    from ppdiffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(model))
+    pipe.load_textual_inversion(str(files[0]), token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(str(files[1]), token=token, text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    with paddle.no_grad():
+        encoded = [pipe.encode_prompt(p, do_classifier_free_guidance=False) for p in prompts]
+    return [(e[0].numpy(), e[2].numpy()) for e in encoded]
+
+
+@needs_torch
+def test_webui_file_loads_in_diffusers_sdxl_and_encodes_as_ppdiffusers(trained, tiny_sdxl, tmp_path):
+    """ppti's two files -> `convert --to torch --format webui` -> {clip_l, clip_g}; diffusers' two
+    load_textual_inversion calls give the prompt encodings ppdiffusers gives with ppti's files (1e-5), and both
+    encoders' halves differ from the untrained initializer's."""
+    out = _convert(trained, "--to", "torch", "--format", "webui", "-o", tmp_path / "demo-toy.safetensors")
+    assert "text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2" in out
+    from safetensors.numpy import load_file
+
+    pair = load_file(str(tmp_path / "demo-toy.safetensors"))
+    assert sorted(pair) == ["clip_g", "clip_l"]
+    assert np.array_equal(pair["clip_l"], _pdparams(trained / "learned_embeds.pdparams"))
+    assert np.array_equal(pair["clip_g"], _pdparams(trained / "learned_embeds_2.pdparams"))
+
+    prompts = [f"a photo of {TOKEN} on the beach", "a photo of toy toy on the beach"]  # 2 vectors <-> 2 x "toy"
+    _torch_side("sdxl_encode_prompt.py", _diffusers_copy(tiny_sdxl, tmp_path / "diffusers"), tmp_path / "t.npz",
+                tmp_path / "demo-toy.safetensors", TOKEN, *prompts)
+    theirs = np.load(tmp_path / "t.npz")
+    mine = _ppdiffusers_encode(tiny_sdxl, (trained / "learned_embeds.pdparams", trained / "learned_embeds_2.pdparams"),
+                               TOKEN, prompts)
+    for i, (embeds, pooled) in enumerate(mine):
+        np.testing.assert_allclose(embeds, theirs[f"embeds_{i}"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(pooled, theirs[f"pooled_{i}"], rtol=1e-5, atol=1e-5)
+    trained_embeds, initial_embeds = theirs["embeds_0"], theirs["embeds_1"]
+    for half in (slice(0, 32), slice(32, 96)):  # clip_l's and clip_g's states both moved
+        assert np.abs(trained_embeds[..., half] - initial_embeds[..., half]).max() > 1e-3
+
+
+def test_kohya_sdxl_file_converts_to_paddle_exactly(tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    pair = {"clip_l": rng.standard_normal((3, 768)).astype(np.float32),
+            "clip_g": rng.standard_normal((3, 1280)).astype(np.float32)}
+    save_file(pair, str(tmp_path / "my-style.safetensors"))
+    out = _convert(tmp_path / "my-style.safetensors", "--to", "paddle", "-o", tmp_path / "learned_embeds.pdparams")
+    assert "text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2" in out
+    assert np.array_equal(_pdparams(tmp_path / "learned_embeds.pdparams"), pair["clip_l"])
+    assert np.array_equal(_pdparams(tmp_path / "learned_embeds_2.pdparams"), pair["clip_g"])
+    # and back: the two Paddle files make the same kohya file
+    _convert(tmp_path / "learned_embeds.pdparams", "--to", "torch", "--format", "webui", "--token", "my-style",
+             "-o", tmp_path / "again.safetensors")
+    from safetensors.numpy import load_file
+
+    again = load_file(str(tmp_path / "again.safetensors"))
+    assert all(np.array_equal(again[k], pair[k]) for k in pair)

@@ -7,17 +7,21 @@ Default output names (next to the input unless -o is given):
 - `--to torch --format diffusers`: `learned_embeds.safetensors` (same stem rule);
 - `--format webui` / `--format pt`: `NAME.safetensors` / `NAME.pt`, NAME being the token without the characters
   file systems refuse, because WebUI's prompt word is the file stem.
-An SDXL pair becomes two files (`X` for clip_l, `X_2` for clip_g) in diffusers/pdparams form, or one F5 file
-with `--format webui`.
+An SDXL pair becomes two files (`X` for clip_l, `X_2` for clip_g; `learned_embeds_2[-steps-N]` next to
+`learned_embeds[-steps-N]`) in diffusers/pdparams form, or one F5 file with `--format webui`. An SDXL training
+output (`learned_embeds.pdparams` + `learned_embeds_2.pdparams`) is read as one pair.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .formats import LAYOUTS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, write_embeddings, write_sdxl_pair
+from .formats import (
+    LAYOUTS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, second_encoder_stem, write_embeddings,
+    write_sdxl_pair,
+)
 from .tensors import EmbeddingFormatError
 
 TARGETS = ("torch", "paddle")
@@ -49,6 +53,26 @@ def resolve_input(path: Path, step: int | None = None) -> Path:
             return path / f"{stem}{suffix}"
     found = ", ".join(sorted(p.name for p in path.glob("learned_embeds*"))) or "no learned_embeds* files"
     raise EmbeddingFormatError(f"{path}: has no {stem}.pdparams (found: {found}); pass a file, or --step N")
+
+
+def second_encoder_file(source: Path) -> Path | None:
+    """For an SDXL training output's `learned_embeds[-steps-N].X` (text_encoder, clip_l): its
+    `learned_embeds_2[-steps-N].X` (text_encoder_2, clip_g) when it exists."""
+    if not source.stem.startswith("learned_embeds") or source.stem.startswith("learned_embeds_"):
+        return None
+    second = source.with_name(f"{second_encoder_stem(source.stem)}{source.suffix}")
+    return second if second.is_file() else None
+
+
+def read_two_files(first: Path, second: Path, token: str | None) -> list[Embedding]:
+    """The SDXL pair [clip_l, clip_g] of a two-file output (one embedding each, same token and vector count)."""
+    (clip_l,) = select_one(read_embeddings(first, token), first)
+    (clip_g,) = select_one(read_embeddings(second, token), second)
+    if clip_l.token != clip_g.token or clip_l.vectors.shape[0] != clip_g.vectors.shape[0]:
+        raise EmbeddingFormatError(
+            f"{first} and {second} do not form an SDXL pair: tokens {clip_l.token!r}/{clip_g.token!r}, "
+            f"{clip_l.vectors.shape[0]}/{clip_g.vectors.shape[0]} vectors")
+    return [replace(clip_l, part="clip_l"), replace(clip_g, part="clip_g")]
 
 
 def select_one(embeddings: list[Embedding], path: Path) -> list[Embedding]:
@@ -143,7 +167,8 @@ def convert(
         raise EmbeddingFormatError("--format chooses among torch layouts; --to paddle always writes .pdparams")
     fmt = fmt or "diffusers"
     source = resolve_input(source, step)
-    embeddings = select_one(read_embeddings(source, token), source)
+    second = second_encoder_file(source)  # an SDXL output: one file per text encoder
+    embeddings = read_two_files(source, second, token) if second else select_one(read_embeddings(source, token), source)
     check_width(embeddings, expect_dim, source)
     pair = len(embeddings) == 2
     if pair and to == "torch" and fmt == "pt":

@@ -279,7 +279,15 @@ def sdxl_pair_paths(path: Path, fmt: str) -> list[Path]:
     """Where `write_sdxl_pair` writes: one F5 file for webui, else `path` (clip_l) and `<stem>_2` (clip_g)."""
     if fmt == "webui":
         return [path]
-    return [path, path.with_name(f"{path.stem}_2{path.suffix}")]
+    return [path, path.with_name(f"{second_encoder_stem(path.stem)}{path.suffix}")]
+
+
+def second_encoder_stem(stem: str) -> str:
+    """The clip_g file's stem next to a clip_l file: `X_2`, and `learned_embeds_2-steps-N` for ppti's and
+    diffusers' per-step files `learned_embeds-steps-N`."""
+    if stem.startswith("learned_embeds") and not stem.startswith("learned_embeds_"):
+        return f"learned_embeds_2{stem[len('learned_embeds'):]}"
+    return f"{stem}_2"
 
 
 def write_sdxl_pair(
