@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from PIL import Image, ImageDraw
 
 from .embeddings import Embedding, read_embeddings
-from .embeddings.convert import resolve_input
+from .embeddings.convert import read_one_or_pair, resolve_input
 
 log = logging.getLogger("ppti")
 
@@ -53,11 +53,11 @@ def read_embedding_args(paths: Sequence[Path]) -> list[Embedding]:
             raise GenerateError(f"--embeddings {path}: a folder without learned_embeds.pdparams/.safetensors; give "
                                 "an embedding file or a training output_dir (for its saved steps: --steps_sweep)")
         file = resolve_input(path)
-        for embedding in read_embeddings(file):
-            if embedding.part is not None:
-                raise GenerateError(f"{file}: an SDXL embedding pair ({embedding.part}); generate.py renders with "
-                                    "Stable Diffusion 1.x/2.x pipelines, which take single embeddings")
-            if embedding.token in source:
+        found = read_embeddings(file)
+        if len(found) == 1 or found[0].part is not None:  # SDXL: one F5 file, or an output's two files
+            found = read_one_or_pair(file)
+        for embedding in found:
+            if embedding.token in source and embedding.part != "clip_g":
                 raise GenerateError(f"token {embedding.token!r} is in both {source[embedding.token]} and {file}; "
                                     "rename one with: python tools/convert.py FILE --to paddle --token NEW")
             source[embedding.token] = file
@@ -72,27 +72,45 @@ def load_into(pipeline, embeddings: Sequence[Embedding]) -> None:
 
     if not embeddings:
         return
-    width = pipeline.text_encoder.get_input_embeddings().weight.shape[-1]
-    for e in embeddings:
-        if e.vectors.shape[-1] != width:
-            raise GenerateError(f"embedding {e.token!r} has {e.vectors.shape[-1]} dimensions, this model's text "
-                                f"encoder {width}: it was trained for another model")
-    try:
-        pipeline.load_textual_inversion([{e.token: paddle.to_tensor(e.vectors)} for e in embeddings],
-                                        token=[e.token for e in embeddings])
-    except ValueError as exc:  # e.g. the token is already a word of the model's vocabulary
-        raise GenerateError(f"cannot load the embeddings into the pipeline: {str(exc).splitlines()[0]}") from None
+    for encoder, tokenizer, part in encoder_parts(pipeline, embeddings):
+        chosen = [e for e in embeddings if e.part == part]
+        width = encoder.get_input_embeddings().weight.shape[-1]
+        for e in chosen:
+            if e.vectors.shape[-1] != width:
+                raise GenerateError(f"embedding {e.token!r} has {e.vectors.shape[-1]} dimensions, this model's text "
+                                    f"encoder {width}: it was trained for another model")
+        try:
+            pipeline.load_textual_inversion([{e.token: paddle.to_tensor(e.vectors)} for e in chosen],
+                                            token=[e.token for e in chosen], text_encoder=encoder, tokenizer=tokenizer)
+        except ValueError as exc:  # e.g. the token is already a word of the model's vocabulary
+            raise GenerateError(f"cannot load the embeddings into the pipeline: {str(exc).splitlines()[0]}") from None
 
 
-def replace_vectors(pipeline, embedding: Embedding) -> None:
-    """Overwrite the rows of an already loaded token (same token, same number of vectors)."""
+def encoder_parts(pipeline, embeddings: Sequence[Embedding]) -> list[tuple]:
+    """(text encoder, tokenizer, Embedding.part) per text encoder: SDXL loads clip_l into the first, clip_g into
+    the second (the two load_textual_inversion calls); other pipelines take single embeddings (part None)."""
+    sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+    wrong = [e for e in embeddings if (e.part is None) == sdxl]
+    if wrong:
+        what = ("a single-encoder (SD-1.x/2.x) embedding; SDXL needs a clip_l + clip_g pair" if sdxl else
+                f"an SDXL embedding pair ({wrong[0].part}); this Stable Diffusion 1.x/2.x model takes single embeddings")
+        raise GenerateError(f"embedding {wrong[0].token!r} is {what}")
+    if sdxl:
+        return [(pipeline.text_encoder, pipeline.tokenizer, "clip_l"),
+                (pipeline.text_encoder_2, pipeline.tokenizer_2, "clip_g")]
+    return [(pipeline.text_encoder, pipeline.tokenizer, None)]
+
+
+def replace_vectors(pipeline, embeddings: Sequence[Embedding]) -> None:
+    """Overwrite the rows of an already loaded token (same token, same number of vectors; SDXL: both encoders)."""
     import paddle
 
-    tokens = [embedding.token] + [f"{embedding.token}_{i}" for i in range(1, len(embedding.vectors))]
-    ids = pipeline.tokenizer.convert_tokens_to_ids(tokens)
-    weight = pipeline.text_encoder.get_input_embeddings().weight
-    with paddle.no_grad():
-        weight[paddle.to_tensor(ids)] = paddle.to_tensor(embedding.vectors, dtype=weight.dtype)
+    for (encoder, tokenizer, _), embedding in zip(encoder_parts(pipeline, embeddings), embeddings):
+        tokens = [embedding.token] + [f"{embedding.token}_{i}" for i in range(1, len(embedding.vectors))]
+        ids = tokenizer.convert_tokens_to_ids(tokens)
+        weight = encoder.get_input_embeddings().weight
+        with paddle.no_grad():
+            weight[paddle.to_tensor(ids)] = paddle.to_tensor(embedding.vectors, dtype=weight.dtype)
 
 
 def step_files(run_dir: Path) -> list[tuple[int, Path]]:
@@ -144,15 +162,16 @@ def render_sweep(pipeline, settings: RenderSettings, steps: Sequence[tuple[int, 
     rows = []
     swept: Optional[str] = None
     for step, path in steps:
-        (embedding,) = read_embeddings(path)
+        embeddings = read_one_or_pair(path)  # SDXL: with its learned_embeds_2-steps-N
+        token = embeddings[0].token
         if swept is None:
-            load_into(pipeline, [embedding])
-            swept = embedding.token
+            load_into(pipeline, embeddings)
+            swept = token
             warn_unused_tokens(settings.prompt, [swept])
-        elif embedding.token != swept:
-            raise GenerateError(f"{path}: holds {embedding.token!r}, the other steps {swept!r}")
+        elif token != swept:
+            raise GenerateError(f"{path}: holds {token!r}, the other steps {swept!r}")
         else:
-            replace_vectors(pipeline, embedding)
+            replace_vectors(pipeline, embeddings)
         log.info("step %d: %s", step, path.name)
         images = render_row(pipeline, settings)
         rows.append([labelled(images[0], f"step {step}")] + images[1:])

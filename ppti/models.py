@@ -267,7 +267,7 @@ def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Co
     overrides = {}  # components built here instead of by DiffusionPipeline.from_pretrained
     if local:
         index = check_model_folder(model_dir)
-        check_sdxl_folder(model_dir, index)
+        sdxl = check_sdxl_folder(model_dir, index)
         architecture = text_encoder_architecture(model_dir)
         check_tokenizer_folder(model_dir, index, architecture)
     try:
@@ -275,10 +275,10 @@ def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Co
             from ppdiffusers.transformers import XLMRobertaTokenizer
 
             overrides["tokenizer"] = load_tokenizer(XLMRobertaTokenizer, str(model_dir / "tokenizer"))
+        if not (local and sdxl):  # (SDXL pipelines have no safety checker)
+            overrides.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         with record_loading_info() as records:
-            pipeline = DiffusionPipeline.from_pretrained(
-                model_path, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **overrides
-            )
+            pipeline = DiffusionPipeline.from_pretrained(model_path, **overrides)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable line

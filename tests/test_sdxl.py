@@ -315,3 +315,26 @@ def test_kohya_sdxl_file_converts_to_paddle_exactly(tmp_path):
 
     again = load_file(str(tmp_path / "again.safetensors"))
     assert all(np.array_equal(again[k], pair[k]) for k in pair)
+
+
+def test_generate_loads_both_row_sets_into_the_sdxl_pipeline(trained, tiny_sdxl, tmp_path):
+    """tools/generate.py's loading: an SDXL output (two files) goes into both encoders; a single-encoder
+    embedding is refused with a one-line reason; the steps sweep renders."""
+    from ppti.generate import GenerateError, load_into, load_pipeline, read_embedding_args
+
+    pipeline = load_pipeline(str(tiny_sdxl))
+    load_into(pipeline, read_embedding_args([trained]))
+    for tokenizer, encoder, name in ((pipeline.tokenizer, pipeline.text_encoder, "learned_embeds"),
+                                     (pipeline.tokenizer_2, pipeline.text_encoder_2, "learned_embeds_2")):
+        ids = tokenizer.convert_tokens_to_ids([TOKEN, f"{TOKEN}_1"])
+        installed = encoder.get_input_embeddings().weight.numpy()[ids]
+        assert np.array_equal(installed, _pdparams(trained / f"{name}.pdparams"))
+    single = tmp_path / "single.pdparams"
+    paddle.save({"<other>": paddle.zeros([1, 32])}, str(single))
+    with pytest.raises(GenerateError, match="SDXL needs a clip_l \\+ clip_g pair"):
+        load_into(pipeline, read_embedding_args([single]))
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "generate.py"), "--model", str(tiny_sdxl),
+                           "--steps_sweep", str(trained), "--prompt", f"a photo of {TOKEN}", "--steps", "2",
+                           "--num_images", "1", "-o", str(tmp_path / "sweep.png")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Image.open(tmp_path / "sweep.png").size == (64, 128)  # steps 2 and 4, one column

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> tuple[Path, int]:
                               args.guidance_scale, args.height, args.width)
     pipeline = load_pipeline(args.model, DTYPES.get(dtype, "float32"))
     load_into(pipeline, embeddings)
-    warn_unused_tokens(args.prompt, [e.token for e in embeddings])
+    warn_unused_tokens(args.prompt, list(dict.fromkeys(e.token for e in embeddings)))
     if steps:
         grid = render_sweep(pipeline, settings, steps)
     else:

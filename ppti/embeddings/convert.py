@@ -75,6 +75,13 @@ def read_two_files(first: Path, second: Path, token: str | None) -> list[Embeddi
     return [replace(clip_l, part="clip_l"), replace(clip_g, part="clip_g")]
 
 
+def read_one_or_pair(source: Path, token: str | None = None) -> list[Embedding]:
+    """The file's single embedding, or an SDXL pair [clip_l, clip_g]: from one F5 file, or from an SDXL training
+    output's learned_embeds + learned_embeds_2 files."""
+    second = second_encoder_file(source)
+    return read_two_files(source, second, token) if second else select_one(read_embeddings(source, token), source)
+
+
 def select_one(embeddings: list[Embedding], path: Path) -> list[Embedding]:
     """The file's single embedding, or its SDXL pair [clip_l, clip_g]; several embeddings are refused."""
     if len(embeddings) == 1 or [e.part for e in embeddings] == ["clip_l", "clip_g"]:
@@ -167,8 +174,7 @@ def convert(
         raise EmbeddingFormatError("--format chooses among torch layouts; --to paddle always writes .pdparams")
     fmt = fmt or "diffusers"
     source = resolve_input(source, step)
-    second = second_encoder_file(source)  # an SDXL output: one file per text encoder
-    embeddings = read_two_files(source, second, token) if second else select_one(read_embeddings(source, token), source)
+    embeddings = read_one_or_pair(source, token)
     check_width(embeddings, expect_dim, source)
     pair = len(embeddings) == 2
     if pair and to == "torch" and fmt == "pt":
