@@ -338,3 +338,28 @@ def test_generate_loads_both_row_sets_into_the_sdxl_pipeline(trained, tiny_sdxl,
                            "--num_images", "1", "-o", str(tmp_path / "sweep.png")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert Image.open(tmp_path / "sweep.png").size == (64, 128)  # steps 2 and 4, one column
+
+
+# ------------------------------------------------------------------------------------------------------------
+# multi-card
+# ------------------------------------------------------------------------------------------------------------
+def test_two_ranks_train_both_row_sets_like_one_process(tiny_sdxl, tmp_path):
+    """2 ranks x batch 1 == 1 process x batch 2 on both files; the all-reduce carries the two row sets only."""
+    import re
+
+    from ppti.train import train
+    from test_distributed import ENTRY, SCALE_SENSITIVE_ADAM, launch
+
+    common = dict(num_vectors=2, max_train_steps=2, scale_lr=True, center_crop=True, **SCALE_SENSITIVE_ADAM)
+    two, logs = tmp_path / "two", tmp_path / "logs"
+    code, console, _ = launch(ENTRY, train_args(tiny_sdxl, DEMO_IMAGES, two, train_batch_size=1, **common), logs,
+                              env={"GLOG_vmodule": "reducer=3"})
+    assert code == 0, console[-3000:]
+    train(_config(tiny_sdxl, tmp_path / "one", train_batch_size=2, **common), DistContext())
+    initial = setup(_config(tiny_sdxl, tmp_path / "init", **common), DistContext()).conditioning.learned_rows()
+    for name, start in zip(("learned_embeds.pdparams", "learned_embeds_2.pdparams"), initial):
+        update, expected = _pdparams(two / name) - start, _pdparams(tmp_path / "one" / name) - start
+        assert np.abs(expected).max() > 1e-3
+        assert np.abs(update - expected).max() / np.abs(expected).max() <= 1e-5, name
+    groups = re.findall(r"The Group\[\d+\]:numel: (\d+) ;var number: (\d+)", (logs / "workerlog.0").read_text())
+    assert groups == [(str(2 * 32 + 2 * 64), "2")]  # one fused all-reduce of both row sets, nothing else
