@@ -10,6 +10,11 @@ without writing gigabytes of weights to disk.
 | tiny  | ppti.tiny's test model (seconds per run)          | ~860 x 32                     |
 | small | SD-1.5 layout, a quarter of the widths            | 49408 x 256 (CLIP's vocabulary) |
 | sd15  | SD-1.5's UNet and VAE, CLIP ViT-L/14 text encoder | 49408 x 768 (CLIP-L)          |
+| sdxl  | SDXL's VAE and both text encoders (CLIP-L, OpenCLIP bigG), SDXL's UNet layout at half width | 49408 x 768 + 49408 x 1280 |
+
+The sdxl UNet keeps SDXL's blocks, transformer depths (1, 2, 10), head counts, cross-attention width 2048 and
+text_time conditioning but halves the channels (160/320/640): SDXL's own 2.6B-parameter UNet needs ~10 GB in
+float32 before any activation, more than a shared 24 GiB CPU machine can give two benchmark processes in turn.
 
 For small and sd15 the tokenizer is ppti.tiny's English CLIP BPE tokenizer padded to CLIP's 49408 entries (the
 specials at ids 49406/49407 as in SD-1.5), so the placeholder gets id 49408 and the embedding matrix, the
@@ -93,10 +98,28 @@ SMALL_VAE = {**SD15_VAE, "block_out_channels": [32, 64, 128, 128]}
 SMALL_TEXT_ENCODER = {**SD15_TEXT_ENCODER, "hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4,
                       "num_hidden_layers": 4, "projection_dim": 256}
 
+# stabilityai/stable-diffusion-xl-base-1.0 configs; the UNet at half width (see the module docstring)
+SDXL_UNET = {
+    **SD15_UNET, "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20], "block_out_channels": [160, 320, 640], "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "sample_size": 128,
+    "projection_class_embeddings_input_dim": 2816, "transformer_layers_per_block": [1, 2, 10],
+    "use_linear_projection": True,
+}
+SDXL_VAE = {**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+SDXL_TEXT_ENCODER = {**SD15_TEXT_ENCODER, "projection_dim": 768}
+SDXL_TEXT_ENCODER_2 = {
+    **SD15_TEXT_ENCODER, "architectures": ["CLIPTextModelWithProjection"], "hidden_act": "gelu",
+    "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20, "num_hidden_layers": 32,
+    "projection_dim": 1280,
+}
+
 SIZES = {
     "tiny": None,  # ppti.tiny's configs as written by make_tiny_model
     "small": (SMALL_UNET, SMALL_VAE, SMALL_TEXT_ENCODER),
     "sd15": (SD15_UNET, SD15_VAE, SD15_TEXT_ENCODER),
+    "sdxl": (SDXL_UNET, SDXL_VAE, SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2),
 }
 WEIGHT_SUFFIXES = (".pdparams", ".safetensors", ".bin")
 
@@ -122,11 +145,14 @@ def write_model_folder(size: str, out_dir: Path) -> Path:
     from ppti.tiny import make_tiny_model
 
     out_dir = Path(out_dir)
-    make_tiny_model(out_dir, language="en")  # tokenizer, scheduler, model_index.json and tiny configs
+    # tokenizer(s), scheduler, model_index.json and tiny configs
+    make_tiny_model(out_dir, language="en", arch="sdxl" if size == "sdxl" else "sd")
     if SIZES[size] is not None:
-        for name, config in zip(("unet", "vae", "text_encoder"), SIZES[size]):
+        for name, config in zip(("unet", "vae", "text_encoder", "text_encoder_2"), SIZES[size]):
             _write_json(out_dir / name / "config.json", config)
-        pad_clip_vocab(out_dir / "tokenizer")
+        for tokenizer in ("tokenizer", "tokenizer_2"):
+            if (out_dir / tokenizer).is_dir():
+                pad_clip_vocab(out_dir / tokenizer)
     for path in out_dir.rglob("*"):
         if path.suffix in WEIGHT_SUFFIXES:  # random weights are rebuilt in memory; stale files would mislead
             path.unlink()
@@ -136,8 +162,10 @@ def write_model_folder(size: str, out_dir: Path) -> Path:
 def build_components(model_dir: Path, seed: int = 0):
     """ppti `Components` with random weights built from the folder's configs (identical for the same seed)."""
     import paddle
-    from ppdiffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from ppdiffusers.transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from ppdiffusers import (
+        AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel,
+    )
+    from ppdiffusers.transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from ppti.models import Components
 
@@ -146,13 +174,23 @@ def build_components(model_dir: Path, seed: int = 0):
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(model_dir / "unet")))
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(model_dir / "vae")))
     text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(model_dir / "text_encoder")))
-    for model in (unet, vae, text_encoder):
-        model.eval()  # as ppti.models.load_components leaves them (parameters trainable, as loaded)
+    sdxl = (model_dir / "text_encoder_2").is_dir()
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(model_dir / "text_encoder_2"))) \
+        if sdxl else None
+    for model in (unet, vae, text_encoder, text_encoder_2):
+        if model is not None:
+            model.eval()  # as ppti.models.load_components leaves them (parameters trainable, as loaded)
     scheduler = DDPMScheduler.from_pretrained(str(model_dir / "scheduler"))
-    pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer")),
-        unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    tokenizer = CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer"))
+    if sdxl:
+        pipeline = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            tokenizer_2=CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer_2")), unet=unet, scheduler=scheduler)
+    else:
+        pipeline = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
     return Components(pipeline=pipeline, noise_scheduler=DDPMScheduler.from_config(scheduler.config), family="clip",
                       architecture="CLIPTextModel", use_attention_mask=False)
 

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py --size small --resolution 128 --steps 3 --json bench-small.json
     python benchmarks/bench_train.py --size sd15 --resolution 256 --steps 3 --json bench-sd15.json
+    python benchmarks/bench_train.py --size sdxl --resolution 256 --steps 3 --json bench-sdxl.json
 
 Every configuration runs in its own process (same random weights, same images: examples/demo_concept unless
 --data_dir), so its peak memory is its own: RSS high-water mark (VmHWM) on CPU, peak allocated memory on a GPU.
@@ -13,6 +14,7 @@ shared machine only ever slow a step down. Every step's time is in the JSON.
 Configurations:
 - example: the ppdiffusers example's algorithm (benchmarks/example_algorithm.py): images decoded and prompts
   tokenized per example, the VAE encoding every step, AdamW over the whole embedding matrix + row restore;
+  with --size sdxl, diffusers' textual_inversion_sdxl.py algorithm (SDXLExampleTrainer; it has no switches);
 - example + <one optimisation>: the example with one of ppti's optimisations alone;
 - ppti defaults and ppti with one flag: the real trainer (ppti.train.setup + ppti.train.optimizer_step).
 A configuration the device cannot run (e.g. --mixed_precision on a CPU build) is listed as skipped, with why.
@@ -42,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]
 
-DEFAULT_RESOLUTION = {"tiny": 64, "small": 128, "sd15": 256}
+DEFAULT_RESOLUTION = {"tiny": 64, "small": 128, "sd15": 256, "sdxl": 256}
 EXAMPLE, PPTI_DEFAULTS = "example (ppdiffusers algorithm)", "ppti defaults"
 # name -> ("example", switches) or ("ppti", extra command-line flags)
 CONFIGS = {
@@ -103,7 +105,14 @@ def ppti_stepper(components, args, flags: list[str]):
 
 
 def example_stepper(components, args, switches: dict):
-    from example_algorithm import ExampleTrainer, Switches
+    from example_algorithm import ExampleTrainer, SDXLExampleTrainer, Switches
+
+    from ppti.config import ConfigError
+
+    if components.is_sdxl:
+        if switches:
+            raise ConfigError("the SDXL example algorithm is measured as diffusers runs it, without switches")
+        return SDXLExampleTrainer(components, args.data_dir, args.resolution, args.batch_size).optimizer_step
 
     trainer = ExampleTrainer(components, args.data_dir, args.resolution, args.batch_size, Switches(**switches))
     return trainer.optimizer_step
@@ -233,7 +242,8 @@ def run_benchmark(args) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(DEFAULT_RESOLUTION), default="small",
-                        help="Model size: tiny (test model), small (SD-1.5 layout, 1/4 widths), sd15 (SD-1.5 shapes).")
+                        help="Model size: tiny (test model), small (SD-1.5 layout, 1/4 widths), sd15 (SD-1.5 shapes), "
+                             "sdxl (SDXL's text encoders and VAE, its UNet at half width).")
     parser.add_argument("--resolution", type=int, help="Image size (default: tiny 64, small 128, sd15 256).")
     parser.add_argument("--steps", type=int, default=3, help="Timed optimizer steps per configuration.")
     parser.add_argument("--warmup_steps", type=int, default=1, help="Untimed optimizer steps before timing.")

@@ -179,3 +179,87 @@ class ExampleTrainer:
                 weight = self.text_encoder.get_input_embeddings().weight
                 weight[: self.rows_to_restore] = self.original_weight[: self.rows_to_restore]
         return float(loss)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# SDXL: diffusers' examples/textual_inversion/textual_inversion_sdxl.py
+# ------------------------------------------------------------------------------------------------------------
+class SDXLExampleDataset(ExampleDataset):
+    """The SDXL script's dataset: per example it decodes the image, records its original size, crops a
+    resolution-sized square at random (recording the crop's top-left), resizes, flips, and tokenizes the prompt
+    with both tokenizers (the placeholder was added to the first only). Images smaller than the crop are first
+    resized to it (torchvision's RandomCrop would refuse them)."""
+
+    def __init__(self, data_dir: Path, tokenizers, templates: list[str], size: int, repeats: int):
+        super().__init__(data_dir, tokenizers[0], templates, size, size, repeats)
+        self.tokenizers = tokenizers
+
+    def __getitem__(self, i: int) -> dict:
+        image = Image.open(self.paths[i % len(self.paths)]).convert("RGB")
+        original_size = (image.height, image.width)
+        if min(image.size) < self.height:
+            image = image.resize((max(self.height, image.width), max(self.height, image.height)))
+        top = random.randint(0, image.height - self.height)
+        left = random.randint(0, image.width - self.width)
+        image = image.crop((left, top, left + self.width, top + self.height))
+        text = random.choice(self.templates).format(PLACEHOLDER)
+        ids = [t(text, padding="max_length", truncation=True, max_length=t.model_max_length,
+                 return_attention_mask=False).input_ids for t in self.tokenizers]
+        image = self.flip(image.resize((self.width, self.height), resample=Image.BICUBIC))
+        pixels = (np.array(image).astype(np.uint8) / 127.5 - 1.0).astype(np.float32).transpose([2, 0, 1])
+        time_ids = np.asarray([*original_size, top, left, self.height, self.width], dtype=np.float32)
+        return {"input_ids_1": np.int64(ids[0]), "input_ids_2": np.int64(ids[1]), "pixel_values": pixels,
+                "time_ids": time_ids}
+
+
+class SDXLExampleTrainer:
+    """The SDXL script's setup and per-step work: AdamW over the first text encoder's whole embedding matrix
+    (the second stays frozen), rows before the placeholder restored after every step, the VAE (float32)
+    encoding every step, both encoders' penultimate states + pooled text_embeds + time_ids into the UNet."""
+
+    def __init__(self, components, data_dir: Path, resolution: int, batch_size: int, repeats: int = 100,
+                 learning_rate: float = 5e-4, seed: int = 0):
+        random.seed(seed)
+        paddle.seed(seed)
+        pipe = components.pipeline
+        self.unet, self.vae, self.scheduler = pipe.unet, pipe.vae, components.noise_scheduler
+        self.text_encoders, tokenizers = (pipe.text_encoder, pipe.text_encoder_2), (pipe.tokenizer, pipe.tokenizer_2)
+        for model in (self.unet, self.vae, *self.text_encoders):
+            for param in model.parameters():
+                param.stop_gradient = True
+        placeholder_ids = add_placeholder_tokens(tokenizers[0], [PLACEHOLDER])
+        init_ids, _ = initializer_ids(tokenizers[0], INITIALIZER)
+        self.text_encoders[0].resize_token_embeddings(len(tokenizers[0]))
+        weight = self.text_encoders[0].get_input_embeddings().weight
+        with paddle.no_grad():
+            weight[placeholder_ids[0]] = weight[init_ids[0]]
+        weight.stop_gradient = False
+        self.original_weight, self.rows_to_restore = weight.clone(), len(tokenizers[0]) - 1
+        self.optimizer = paddle.optimizer.AdamW(learning_rate=learning_rate, parameters=[weight], weight_decay=1e-2,
+                                                beta1=0.9, beta2=0.999, epsilon=1e-8)
+        dataset = SDXLExampleDataset(data_dir, tokenizers, templates_for("object", "en"), resolution, repeats)
+        sampler = paddle.io.BatchSampler(dataset, batch_size=batch_size, shuffle=True)
+        self.batches = (batch for _epoch in itertools.count()
+                        for batch in paddle.io.DataLoader(dataset, batch_sampler=sampler, return_list=True))
+        self.text_encoders[0].train()
+
+    def optimizer_step(self) -> float:
+        batch = next(self.batches)
+        latents = self.vae.encode(batch["pixel_values"]).latent_dist.sample() * self.vae.config.scaling_factor
+        noise = paddle.randn(latents.shape, dtype=latents.dtype)
+        timesteps = paddle.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],)).cast("int64")
+        noisy_latents = self.scheduler.add_noise(latents, noise, timesteps)
+        states_1 = self.text_encoders[0](batch["input_ids_1"], output_hidden_states=True).hidden_states[-2]
+        output_2 = self.text_encoders[1](batch["input_ids_2"], output_hidden_states=True)
+        added_cond_kwargs = {"text_embeds": output_2[0], "time_ids": batch["time_ids"]}
+        encoder_hidden_states = paddle.concat([states_1, output_2.hidden_states[-2]], axis=-1)
+        model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states,
+                               added_cond_kwargs=added_cond_kwargs).sample
+        loss = F.mse_loss(model_pred, noise, reduction="mean")
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.clear_grad()
+        with paddle.no_grad():
+            weight = self.text_encoders[0].get_input_embeddings().weight
+            weight[: self.rows_to_restore] = self.original_weight[: self.rows_to_restore]
+        return float(loss)
