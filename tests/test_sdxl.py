@@ -363,3 +363,20 @@ def test_two_ranks_train_both_row_sets_like_one_process(tiny_sdxl, tmp_path):
         assert np.abs(update - expected).max() / np.abs(expected).max() <= 1e-5, name
     groups = re.findall(r"The Group\[\d+\]:numel: (\d+) ;var number: (\d+)", (logs / "workerlog.0").read_text())
     assert groups == [(str(2 * 32 + 2 * 64), "2")]  # one fused all-reduce of both row sets, nothing else
+
+
+def test_the_benchmarked_diffusers_sdxl_algorithm_trains_the_first_encoders_placeholder_row(tiny_sdxl):
+    """benchmarks/example_algorithm.py's SDXL baseline (what `bench_train.py --size sdxl` compares against) runs
+    and does what diffusers' script does: only the first encoder's placeholder row changes."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from example_algorithm import SDXLExampleTrainer
+
+    components = load_components(str(tiny_sdxl))
+    second_before = components.pipeline.text_encoder_2.get_input_embeddings().weight.numpy().copy()
+    trainer = SDXLExampleTrainer(components, DEMO_IMAGES, 64, 2)
+    before = trainer.original_weight.numpy()
+    assert np.isfinite(trainer.optimizer_step())
+    after = components.text_encoder.get_input_embeddings().weight.numpy()
+    changed = np.flatnonzero(np.abs(after - before).sum(axis=1))
+    assert changed.tolist() == [len(before) - 1]  # the placeholder row, nothing else
+    assert np.array_equal(components.pipeline.text_encoder_2.get_input_embeddings().weight.numpy(), second_before)
