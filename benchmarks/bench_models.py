@@ -10,7 +10,7 @@ without writing gigabytes of weights to disk.
 | tiny  | ppti.tiny's test model (seconds per run)          | ~860 x 32                     |
 | small | SD-1.5 layout, a quarter of the widths            | 49408 x 256 (CLIP's vocabulary) |
 | sd15  | SD-1.5's UNet and VAE, CLIP ViT-L/14 text encoder | 49408 x 768 (CLIP-L)          |
-| sdxl  | SDXL's VAE and both text encoders (CLIP-L, OpenCLIP bigG), SDXL's UNet layout at half width | 49408 x 768 + 49408 x 1280 |
+| sdxl  | SDXL's VAE, CLIP-L + OpenCLIP-bigG; UNet at half width | 49408 x 768 + 49408 x 1280 |
 
 The sdxl UNet keeps SDXL's blocks, transformer depths (1, 2, 10), head counts, cross-attention width 2048 and
 text_time conditioning but halves the channels (160/320/640): SDXL's own 2.6B-parameter UNet needs ~10 GB in

@@ -446,8 +446,9 @@ def restore(resume: ResumePoint, rows_params, optimizer, lr_scheduler, loss_scal
                                   "model with fewer text encoders)")
         (embedding,) = read_embeddings(path)
         if tuple(embedding.vectors.shape) != tuple(rows_param.shape):
-            raise CheckpointError(f"cannot resume from {resume.path}: its rows have shape {list(embedding.vectors.shape)}"
-                                  f", this model's placeholder rows {list(rows_param.shape)}")
+            raise CheckpointError(f"cannot resume from {resume.path}: its rows have shape "
+                                  f"{list(embedding.vectors.shape)}, this model's placeholder rows "
+                                  f"{list(rows_param.shape)}")
         rows_param.set_value(paddle.to_tensor(embedding.vectors, dtype=rows_param.dtype))
     load_optimizer_arrays(optimizer, rows_params, load_file(str(resume.path / OPTIMIZER_FILE)))
     lr_scheduler.set_state_dict(state["lr_scheduler"])

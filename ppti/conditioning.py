@@ -68,6 +68,10 @@ class Conditioning(nn.Layer):
         """The trainable parameters, one [num_vectors, dim] tensor per text encoder."""
         return [layer.rows for layer in self.row_layers]
 
+    def tokenizers_and_ids(self) -> list[tuple[Any, list[int]]]:
+        """(tokenizer, placeholder ids in it) per text encoder."""
+        return [(slot.tokenizer, layer.placeholder_ids) for slot, layer in zip(self.slots, self.row_layers)]
+
     def learned_rows(self) -> list[np.ndarray]:
         return [layer.rows.numpy().astype(np.float32) for layer in self.row_layers]
 

@@ -93,7 +93,8 @@ def encoder_parts(pipeline, embeddings: Sequence[Embedding]) -> list[tuple]:
     wrong = [e for e in embeddings if (e.part is None) == sdxl]
     if wrong:
         what = ("a single-encoder (SD-1.x/2.x) embedding; SDXL needs a clip_l + clip_g pair" if sdxl else
-                f"an SDXL embedding pair ({wrong[0].part}); this Stable Diffusion 1.x/2.x model takes single embeddings")
+                f"an SDXL embedding pair ({wrong[0].part}); this Stable Diffusion 1.x/2.x model takes single "
+                "embeddings")
         raise GenerateError(f"embedding {wrong[0].token!r} is {what}")
     if sdxl:
         return [(pipeline.text_encoder, pipeline.tokenizer, "clip_l"),

@@ -102,8 +102,9 @@ def resolve_max_train_steps(config: TrainConfig, micro_batches_per_epoch: int) -
 
 
 def build_optimizer(config: TrainConfig, rows, learning_rate: float, max_train_steps: int):
-    """AdamW over the placeholder rows only (one tensor, or a list: one per text encoder); the LR schedule steps once per optimizer step and ends exactly at
-    max_train_steps (the example multiplies warmup/total by the accumulation steps)."""
+    """AdamW over the placeholder rows only (one tensor, or a list: one per text encoder); the LR schedule steps
+    once per optimizer step and ends exactly at max_train_steps (the example multiplies warmup/total by the
+    accumulation steps)."""
     from ppdiffusers.optimization import get_scheduler
 
     lr_scheduler = get_scheduler(
@@ -167,8 +168,7 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     # UNet/VAE work)
     prompts = build_prompts(config, components, conditioning.row_layers[0].placeholder_ids, images.paths, captions)
     templates, language = prompts.templates, prompts.language
-    prompt_ids = ids_per_encoder(config, prompts, [(s.tokenizer, layer.placeholder_ids)
-                                                   for s, layer in zip(conditioning.slots, conditioning.row_layers)])
+    prompt_ids = ids_per_encoder(config, prompts, conditioning.tokenizers_and_ids())
 
     # 4. latents: every image variant encoded once (unless --no_cache_latents); the example stream draws everything
     # else per example. The VAE is released afterwards when nothing else needs it.
@@ -215,7 +215,8 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     reporter = Reporter(config.report_to, config.logging_path) if ctx.is_main else NullReporter()
     run = Run(config, ctx, seed, components, conditioning, text_encoder, latents, stream, layout,
               max_train_steps, learning_rate, optimizer, lr_scheduler, reporter, templates, language,
-              precision=precision, evaluation=TrainingEvaluation(config, stream, conditioning.row_layers[0], ctx, reporter))
+              precision=precision,
+              evaluation=TrainingEvaluation(config, stream, conditioning.row_layers[0], ctx, reporter))
     log.info(summary(run, images.num_images, len(images.skipped)))
     return run
 
@@ -227,6 +228,10 @@ def image_buckets(config: TrainConfig, image_bucket, vae, world_size: int) -> Op
     sizes = config.bucket_sizes()
     return Buckets(sizes, image_bucket, [latent_shape(vae, h, w) for h, w in sizes],
                    config.train_batch_size * world_size, config.repeats)
+
+
+def text_encoders(conditioning: Conditioning) -> str:
+    return " + ".join(type(slot.text_encoder).__name__ for slot in conditioning.slots)
 
 
 def summary(run: Run, num_images: int, num_skipped: int) -> str:
@@ -248,7 +253,7 @@ def summary(run: Run, num_images: int, num_skipped: int) -> str:
         ("latents", "cached (each image variant VAE-encoded once)" if c.cache_latents else "VAE-encoded every step"),
         ("mixed precision", c.mixed_precision),
         ("placeholder tokens", f"{' '.join(c.placeholder_tokens())} -> ids {run.placeholder_ids}"),
-        ("text encoder", f"{run.components.architecture}{' + CLIPTextModelWithProjection (SDXL)' if run.components.is_sdxl else ''} ({run.language} templates)"),
+        ("text encoder", f"{text_encoders(run.conditioning)} ({run.language} templates)"),
         ("seed", run.seed),
         ("device", paddle.device.get_device()),
     ], title="Running training")

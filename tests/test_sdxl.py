@@ -81,7 +81,8 @@ def test_tiny_sdxl_has_the_real_layout_and_loads_every_weight(tiny_sdxl):
     assert components.unet.config.cross_attention_dim == 32 + 64
     # both tokenizers know the tiny vocabulary ("toy" is one token); the second pads with "!" as SDXL's does
     p = components.pipeline
-    assert p.tokenizer("toy")["input_ids"] == p.tokenizer_2("toy")["input_ids"] and len(p.tokenizer("toy")["input_ids"]) == 3
+    toy = p.tokenizer("toy")["input_ids"]
+    assert toy == p.tokenizer_2("toy")["input_ids"] and len(toy) == 3
     assert p.tokenizer_2.pad_token == "!" and p.tokenizer.pad_token == "<|endoftext|>"
 
 
