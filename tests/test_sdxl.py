@@ -153,8 +153,11 @@ def test_both_row_sets_train_and_nothing_else_changes(tiny_sdxl, tmp_path):
     rows = run.conditioning.rows
     assert [list(r.shape) for r in rows] == [[2, 32], [2, 64]]
     assert [p.name for p in run.optimizer._parameter_list] == [r.name for r in rows]
+    trained = {id(r) for r in rows}
     frozen = {id(p): p.numpy().copy() for m in (run.components.unet, run.components.pipeline.text_encoder_2,
-                                                  run.components.text_encoder) for p in m.parameters()}
+                                                  run.components.text_encoder) for p in m.parameters()
+              if id(p) not in trained}
+    assert len(frozen) > 100  # every weight of the three models, the embedding matrices included
     before = [r.numpy().copy() for r in rows]
     loss = micro_step_loss(run, _batch(run))
     loss.backward()
