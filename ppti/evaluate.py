@@ -191,6 +191,9 @@ def open_session(settings: Settings, out_dir: Path) -> Session:
     clip = ClipScorer(settings.clip_model or DEFAULT_CLIP.get(config.language, DEFAULT_CLIP["en"]))
 
     components = load_components(config.pretrained_model_name_or_path, config.tokenizer_name)  # the one load
+    if components.is_sdxl:  # it swaps one row set per file; an SDXL run has two (learned_embeds[_2])
+        raise EvaluationError(f"{settings.run_dir}: an SDXL run (two text encoders); tools/evaluate.py scores "
+                              "SD-1.x/2.x runs only. Compare SDXL steps with tools/generate.py --steps_sweep")
     quiet = log.level
     log.setLevel(logging.WARNING)  # setup describes a training run: not what happens here
     try:
