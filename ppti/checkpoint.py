@@ -239,7 +239,7 @@ def save_checkpoint(config: TrainConfig, step: int, rows_params, optimizer, lr_s
     root = checkpoints_root(config.output_dir)
     final = root / f"checkpoint-{step}"
     with write_errors(final):  # a full disk: one line, the previous checkpoints untouched, no temporary left
-        _save_checkpoint_files(config, step, rows_param, optimizer, lr_scheduler, loss_scaler, facts, final)
+        _save_checkpoint_files(config, step, rows_params, optimizer, lr_scheduler, loss_scaler, facts, final)
     log.info("saved checkpoint %s", final)
     remove_interrupted_saves(config.output_dir)
     if config.checkpoints_total_limit:
@@ -247,7 +247,7 @@ def save_checkpoint(config: TrainConfig, step: int, rows_params, optimizer, lr_s
     return final
 
 
-def _save_checkpoint_files(config: TrainConfig, step: int, rows_param, optimizer, lr_scheduler, loss_scaler,
+def _save_checkpoint_files(config: TrainConfig, step: int, rows_params, optimizer, lr_scheduler, loss_scaler,
                            facts: RunFacts, final: Path) -> None:
     from .embeddings import write_embeddings
     from safetensors.numpy import save_file
@@ -259,8 +259,8 @@ def _save_checkpoint_files(config: TrainConfig, step: int, rows_param, optimizer
         set_normal_permissions(tmp)  # (mkdtemp creates 0700)
         # Plain writes are enough inside the temporary directory: it only gets its final name once complete.
         for rows_param, suffix in zip(_as_list(rows_params), ROW_FILE_SUFFIXES):  # one file per text encoder
-            write_embeddings(tmp / rows_file(suffix), {config.placeholder_token: rows_param.numpy().astype(np.float32)},
-                             fmt="pdparams")
+            rows = rows_param.numpy().astype(np.float32)
+            write_embeddings(tmp / rows_file(suffix), {config.placeholder_token: rows}, fmt="pdparams")
         save_file(optimizer_arrays(optimizer, rows_params), str(tmp / OPTIMIZER_FILE))
         state = {
             "format": STATE_FORMAT,
