@@ -260,7 +260,7 @@ class TrainConfig:
         elif self.initializer_token and self.placeholder_token and any(
                 word in self.placeholder_tokens()[:MAX_NUM_VECTORS] for word in self.initializer_token.split()):
             out.append(f"--initializer_token {self.initializer_token!r} is the placeholder itself, a new word "
-                       "without an embedding yet; give an existing word close to the concept, e.g. 'toy' or 'style'")
+                       "without an embedding yet; give an existing word close to the concept (one the tokenizer already knows)")
         if self.templates is not None:
             out += parse_template_file(self.templates)[1]
         out += caption_problems(self)

@@ -158,7 +158,7 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
         expect(page.locator("#start")).to_be_visible(timeout=60_000)
 
         # -- placeholder checked as you type, with the trainer's own rules --------------------------------------
-        fill(page, "placeholder", "toy")
+        fill(page, "placeholder", "cat")  # a word of the tiny vocabulary (the initializer field holds "toy")
         result["token_refused"] = wait_text(page, "token-check", "already a word", timeout=120_000)
         fill(page, "placeholder", "<web-toy>")
         result["token_ok"] = wait_text(page, "token-check", "new token(s)", timeout=60_000)
