@@ -11,7 +11,6 @@ and edit accuracy (a colour / background / other shape asked for, concept kept).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -21,12 +20,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ppti.tool_cli import tool_parser  # noqa: E402
 from ppti.world.recovery import CONCEPTS  # noqa: E402
 from ppti.world.shipped import WORLD_DIR  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None):
+    parser = tool_parser("concept_recovery.py", __doc__)
     parser.add_argument("--world", type=Path, default=WORLD_DIR, help="The world model folder (hash-checked).")
     parser.add_argument("--concepts", nargs="+", default=[c.word for c in CONCEPTS],
                         choices=[c.word for c in CONCEPTS], help="Which held-out concepts to run.")
@@ -37,7 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_images", type=int, default=5, help="Renderings of each concept to train on.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="Write the results here.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("num_vectors", "max_train_steps", "train_batch_size", "num_images"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    return args
 
 
 def train_concept(args, concept, data_dir: Path, out_dir: Path) -> float:

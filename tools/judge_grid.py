@@ -6,18 +6,18 @@ Prints shape / colour / texture / background per tile; with --expect, exits 1 un
 value(s) in at least --min_fraction of the tiles (of --row only, if given).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ppti.world.render import ATTRIBUTES, IMAGE_SIZE  # noqa: E402
+from ppti.tool_cli import tool_parser  # noqa: E402
 from ppti.world.shipped import WORLD_DIR  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None):
+    parser = tool_parser("judge_grid.py", __doc__)
     parser.add_argument("grid", type=Path, help="A PNG made of 32x32 tiles.")
     parser.add_argument("--world", type=Path, default=WORLD_DIR, help="World folder whose judge to use.")
     parser.add_argument("--row", type=int, default=None, help="Judge only this row of tiles (0 = first).")

@@ -6,7 +6,6 @@ Stable Diffusion layout, with a sha256 manifest (command and seed included). Bui
 The model folder is saved every --checkpoint_every diffusion steps, so an interrupted build leaves a usable model.
 """
 
-import argparse
 import shlex
 import sys
 from dataclasses import fields
@@ -17,10 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ppti.world.pretrain import Recipe, make_world  # noqa: E402
 from ppti.manifest import write_manifest  # noqa: E402
+from ppti.tool_cli import tool_parser  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None):
+    parser = tool_parser("make_toy_world.py", __doc__)
     parser.add_argument("out_dir", type=Path, help="Folder to write the world model into.")
     for f in fields(Recipe):
         if f.name != "unet_channels":
