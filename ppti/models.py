@@ -258,6 +258,17 @@ def _preview(keys: list[str], limit: int = 5) -> str:
     return f"{len(keys)} key(s): {', '.join(keys[:limit])}{more}"
 
 
+def check_manifest(model_dir: Path) -> None:
+    """A folder that ships a manifest.json (the toy world) must match it, file by file (sha256)."""
+    from .manifest import MANIFEST, ManifestError, verify_manifest
+
+    if (model_dir / MANIFEST).is_file():
+        try:
+            verify_manifest(model_dir)
+        except ManifestError as exc:
+            raise ModelError(f"--pretrained_model_name_or_path {exc}") from None
+
+
 def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Components:
     """Load and verify the pipeline; every problem is raised as a ModelError naming the path."""
     from ppdiffusers import DDPMScheduler, DiffusionPipeline
@@ -268,6 +279,7 @@ def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Co
     if local:
         index = check_model_folder(model_dir)
         sdxl = check_sdxl_folder(model_dir, index)
+        check_manifest(model_dir)
         architecture = text_encoder_architecture(model_dir)
         check_tokenizer_folder(model_dir, index, architecture)
     try:

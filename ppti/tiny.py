@@ -150,9 +150,11 @@ def _clip_added_token(content: str) -> dict:
             "single_word": False}
 
 
-def _write_clip_tokenizer(folder: Path) -> int:
-    """vocab.json + merges.txt in CLIP's id order (256 bytes, 256 `byte</w>`, merges, specials); returns size."""
-    merges = _train_bpe(list(ENGLISH_WORDS))
+def write_clip_tokenizer(folder: Path, words=ENGLISH_WORDS, model_max_length: int = 77) -> int:
+    """vocab.json + merges.txt in CLIP's id order (256 bytes, 256 `byte</w>`, merges, specials); returns size.
+
+    Every one of `words` is a single token."""
+    merges = _train_bpe(list(words))
     base = list(_bytes_to_unicode().values())
     tokens = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False),
@@ -162,7 +164,7 @@ def _write_clip_tokenizer(folder: Path) -> int:
     eot = _clip_added_token("<|endoftext|>")
     _write_json(folder / "tokenizer_config.json", {
         "add_prefix_space": False, "bos_token": _clip_added_token("<|startoftext|>"), "do_lower_case": True,
-        "eos_token": eot, "errors": "replace", "model_max_length": 77, "pad_token": "<|endoftext|>",
+        "eos_token": eot, "errors": "replace", "model_max_length": model_max_length, "pad_token": "<|endoftext|>",
         "tokenizer_class": "CLIPTokenizer", "unk_token": eot,
     })
     plain = {k: v for k, v in eot.items() if k != "__type"}
@@ -319,7 +321,7 @@ def _scheduler(prediction_type: str):
 # text encoder and tokenizer as the real Paddle downloads name them ("paddlenlp.transformers" is what
 # ppdiffusers wrote when these models were converted; 0.29 maps it to ppdiffusers.transformers on load).
 _FAMILIES = {
-    "en": (_write_clip_tokenizer, "StableDiffusionPipeline",
+    "en": (write_clip_tokenizer, "StableDiffusionPipeline",
            ["paddlenlp.transformers", "CLIPTextModel"], ["paddlenlp.transformers", "CLIPTokenizer"]),
     "zh": (_write_bert_tokenizer, "StableDiffusionPipeline",
            ["paddlenlp.transformers", "BertModel"], ["paddlenlp.transformers", "BertTokenizer"]),

@@ -1,0 +1,109 @@
+"""Concept recovery on the toy world: does textual inversion teach the model a concept it can already draw?
+
+For a concept (object = one shape, style = one texture) whose true word the world model knows, ppti trains a
+placeholder from ~5 renderings, initialised from a neutral word ("object" / "pattern"), and the judge scores
+fixed-seed samples of:
+- before: the prompts with the placeholder's initial embedding (the initializer word, once per vector);
+- after: the prompts with the trained embedding (loaded with ppdiffusers `load_textual_inversion`);
+- true_word: the prompts with the concept's own word (the ceiling);
+- edit: prompts that also ask for a colour, a background or (styles) another shape, scored as "what was asked
+  is there and the concept is kept".
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .render import ATTRIBUTES, NEUTRAL_OBJECT, NEUTRAL_STYLE, render, sample_attributes
+
+SAMPLE_SEED = 1000  # sample i of a prompt list uses seed SAMPLE_SEED + i
+EDIT_COLOURS = ("blue", "red", "yellow", "green")
+
+
+@dataclass(frozen=True)
+class Concept:
+    word: str  # the true word: a shape (object) or a texture (style)
+    kind: str  # "object" | "style"
+
+    @property
+    def attribute(self) -> str:
+        return "shape" if self.kind == "object" else "texture"
+
+    @property
+    def initializer(self) -> str:
+        return NEUTRAL_OBJECT if self.kind == "object" else NEUTRAL_STYLE
+
+    @property
+    def token(self) -> str:
+        return f"<{self.word}-concept>"
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / len(ATTRIBUTES[self.attribute])
+
+
+CONCEPTS = (Concept("star", "object"), Concept("heart", "object"), Concept("striped", "style"),
+            Concept("outlined", "style"))
+
+
+def write_concept_images(concept: Concept, folder: Path, count: int = 5, seed: int = 0) -> Path:
+    """`count` renderings of the concept (everything else random) as PNGs in `folder`."""
+    import random
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"{concept.word}-{seed}")
+    for i in range(count):
+        render(sample_attributes(rng, **{concept.attribute: concept.word})).save(folder / f"{concept.word}-{i}.png")
+    return folder
+
+
+def concept_prompts(concept: Concept, count: int = 12) -> list[tuple[str, dict]]:
+    """(prompt with "{}" for the concept, what the judge must find) for concept accuracy."""
+    template = "a photo of a {}" if concept.kind == "object" else "a painting in the style of {}"
+    return [(template, {concept.attribute: concept.word})] * count
+
+
+def edit_prompts(concept: Concept, per_edit: int = 2) -> list[tuple[str, dict]]:
+    """Edits: a colour, a background, or (styles) another shape asked for along with the concept."""
+    keep = {concept.attribute: concept.word}
+    if concept.kind == "object":
+        edits = [(f"a photo of a {c} {{}}", {"colour": c}) for c in EDIT_COLOURS]
+        edits += [(f"a photo of a {{}} on a {b} background", {"background": b}) for b in ATTRIBUTES["background"]]
+    else:
+        edits = [(f"a photo of a {s} in the style of {{}}", {"shape": s}) for s in ATTRIBUTES["shape"]]
+        edits += [(f"a photo of a {c} circle in the style of {{}}", {"colour": c, "shape": "circle"})
+                  for c in EDIT_COLOURS[:2]]
+    return [(p, {**want, **keep}) for p, want in edits for _ in range(per_edit)]
+
+
+def fill(prompts: Sequence[tuple[str, dict]], words: str) -> list[str]:
+    return [p.format(words) for p, _ in prompts]
+
+
+def score(judge, images: np.ndarray, prompts: Sequence[tuple[str, dict]]) -> float:
+    """Fraction of images in which the judge finds everything the prompt asked for."""
+    from .judge import predict_names
+
+    found = predict_names(judge, images)
+    return float(np.mean([all(f[k] == v for k, v in want.items()) for f, (_, want) in zip(found, prompts)]))
+
+
+def evaluate(pipe, judge, concept: Concept, words: str, edits: bool) -> dict[str, float]:
+    """Concept (and optionally edit) accuracy of the pipeline when the concept is written as `words`."""
+    from .shipped import sample
+
+    groups = {"concept": concept_prompts(concept)}
+    if edits:
+        groups["edit"] = edit_prompts(concept)
+    prompts = list(itertools.chain(*groups.values()))
+    images = sample(pipe, fill(prompts, words), [SAMPLE_SEED + i for i in range(len(prompts))])
+    result, start = {}, 0
+    for name, group in groups.items():
+        result[name] = score(judge, images[start:start + len(group)], group)
+        start += len(group)
+    return result
