@@ -414,7 +414,7 @@ def make_tiny_clip(out_dir, language: str = "en", seed: int = 0) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vocab_size = (_write_clip_tokenizer if language == "en" else _write_bert_tokenizer)(out)
+    vocab_size = (write_clip_tokenizer if language == "en" else _write_bert_tokenizer)(out)
     if language != "en":  # ChineseCLIPProcessor reads a ChineseCLIPTokenizer (a BERT vocab.txt)
         config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
         _write_json(out / "tokenizer_config.json", {**config, "tokenizer_class": "ChineseCLIPTokenizer",
@@ -488,8 +488,8 @@ def make_tiny_sdxl(out_dir, seed: int = 0, prediction_type: str = "epsilon") -> 
         if (out / sub).exists():
             shutil.rmtree(out / sub)
         (out / sub).mkdir(parents=True)
-    vocab_size = _write_clip_tokenizer(out / "tokenizer")
-    _write_clip_tokenizer(out / "tokenizer_2")
+    vocab_size = write_clip_tokenizer(out / "tokenizer")
+    write_clip_tokenizer(out / "tokenizer_2")
     config_2 = json.loads((out / "tokenizer_2" / "tokenizer_config.json").read_text(encoding="utf-8"))
     _write_json(out / "tokenizer_2" / "tokenizer_config.json", {**config_2, "pad_token": "!"})
     special_2 = json.loads((out / "tokenizer_2" / "special_tokens_map.json").read_text(encoding="utf-8"))
