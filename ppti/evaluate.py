@@ -6,6 +6,10 @@ then written into the trainable rows in place (`PlaceholderEmbedding.rows`), whi
 reads: no reload per file. Per file: the frozen-batch loss (the very number training logged as eval/loss at that
 step), norm and drift, and the two CLIP scores of images rendered with fixed seeds (see ppti.evaluation.clip).
 
+SDXL runs save one file per text encoder and step (learned_embeds-steps-N for text_encoder, learned_embeds_2-steps-N
+for text_encoder_2, see ppti.outputs): both row sets are swapped in per step, the SDXL pipeline renders, and
+norm/drift are those of the first encoder's rows (the scores.json columns) plus norm_2/drift_2 for the second's.
+
 Extra per-file scores (e.g. a judge model that tells whether the concept is in an image) plug in as `judges`:
 callables `(step, {prompt: [images]}) -> {column: value}`; their columns join scores.csv/scores.json.
 """
@@ -26,6 +30,7 @@ from .config import TrainConfig, parse_config
 from .evaluation.clip import DEFAULT_CLIP, ClipScorer, EvaluationError, mean_cosine
 from .evaluation.prompts import EvaluationPrompts, builtin_prompts, read_prompts_file, without_placeholder
 from .evaluation.scores import Row, recommend, write_tables
+from .outputs import ROW_FILE_SUFFIXES
 
 log = logging.getLogger("ppti")
 
@@ -60,6 +65,7 @@ class SavedFile:
     step: Optional[int]  # None: the final learned_embeds file
     path: Path
     vectors: np.ndarray  # (num_vectors, dim)
+    vectors_2: Optional[np.ndarray] = None  # SDXL: the text_encoder_2 rows (learned_embeds_2-...)
 
 
 @dataclass(frozen=True)
@@ -98,22 +104,43 @@ def _rank(suffix: str) -> int:
     return EMBEDDING_SUFFIXES.index(suffix) if suffix in EMBEDDING_SUFFIXES else len(EMBEDDING_SUFFIXES)
 
 
-def read_saved(paths: Sequence[tuple[Optional[int], Path]], num_vectors: int) -> list[SavedFile]:
-    """Every file read (any format tools/convert.py reads) and checked to hold one embedding of the run's shape."""
-    from .embeddings import read_embeddings
+def second_encoder_path(path: Path) -> Path:
+    """learned_embeds[-steps-N].x -> learned_embeds_2[-steps-N].x: the same step's text_encoder_2 rows (SDXL)."""
+    return path.with_name(path.name.replace(FINAL_STEM, FINAL_STEM + ROW_FILE_SUFFIXES[1], 1))
 
+
+def is_sdxl_run(run_dir: Path) -> bool:
+    return any(run_dir.glob(f"{FINAL_STEM}{ROW_FILE_SUFFIXES[1]}*"))
+
+
+def read_saved(paths: Sequence[tuple[Optional[int], Path]], num_vectors: int, sdxl: bool = False) -> list[SavedFile]:
+    """Every file read (any format tools/convert.py reads) and checked to hold one embedding of the run's shape;
+    with `sdxl`, its learned_embeds_2 partner too."""
     files = []
     for step, path in paths:
-        embeddings = read_embeddings(path)
-        if len(embeddings) != 1 or embeddings[0].part is not None:
-            raise EvaluationError(f"{path}: holds {len(embeddings)} embedding(s) "
-                                  f"({', '.join(e.token for e in embeddings)}); expected the run's one embedding")
-        vectors = np.asarray(embeddings[0].vectors, dtype=np.float32).reshape(-1, embeddings[0].vectors.shape[-1])
-        if len(vectors) != num_vectors:
-            raise EvaluationError(f"{path}: {len(vectors)} vector(s), but the run trained --num_vectors "
-                                  f"{num_vectors}; is it from another run?")
-        files.append(SavedFile(step, path, vectors))
+        vectors_2 = None
+        if sdxl:
+            second = second_encoder_path(path)
+            if not second.is_file():
+                raise EvaluationError(f"{second}: no such file, but {path.name} is from an SDXL run, which saves the "
+                                      "text_encoder_2 rows of each step there; restore it, or move both files away")
+            vectors_2 = read_one(second, num_vectors)
+        files.append(SavedFile(step, path, read_one(path, num_vectors), vectors_2))
     return files
+
+
+def read_one(path: Path, num_vectors: int) -> np.ndarray:
+    from .embeddings import read_embeddings
+
+    embeddings = read_embeddings(path)
+    if len(embeddings) != 1 or embeddings[0].part is not None:
+        raise EvaluationError(f"{path}: holds {len(embeddings)} embedding(s) "
+                              f"({', '.join(e.token for e in embeddings)}); expected the run's one embedding")
+    vectors = np.asarray(embeddings[0].vectors, dtype=np.float32).reshape(-1, embeddings[0].vectors.shape[-1])
+    if len(vectors) != num_vectors:
+        raise EvaluationError(f"{path}: {len(vectors)} vector(s), but the run trained --num_vectors "
+                              f"{num_vectors}; is it from another run?")
+    return vectors
 
 
 def _resolved(text: str, key: str) -> Optional[str]:
@@ -176,7 +203,7 @@ class Session:
     clip: ClipScorer
     reference_features: np.ndarray  # (images, P): the training images
     edit_features: np.ndarray  # (edits, P): the edit prompts without the placeholder
-    initial: np.ndarray  # (num_vectors, D): the initializer's rows, for the drift
+    initial: list  # (num_vectors, D) per text encoder: the initializer's rows, for the drift
     seed: int
 
 
@@ -186,34 +213,55 @@ def open_session(settings: Settings, out_dir: Path) -> Session:
     from .train import setup
 
     config = run_config(settings, out_dir)
-    files = read_saved(saved_paths(settings.run_dir), config.num_vectors)  # all checked before any model loads
+    sdxl = is_sdxl_run(settings.run_dir)
+    files = read_saved(saved_paths(settings.run_dir), config.num_vectors, sdxl)  # all checked before any model loads
     custom_prompts = read_prompts_file(settings.prompts_file) if settings.prompts_file else None
     clip = ClipScorer(settings.clip_model or DEFAULT_CLIP.get(config.language, DEFAULT_CLIP["en"]))
 
     components = load_components(config.pretrained_model_name_or_path, config.tokenizer_name)  # the one load
-    if components.is_sdxl:  # it swaps one row set per file; an SDXL run has two (learned_embeds[_2])
-        raise EvaluationError(f"{settings.run_dir}: an SDXL run (two text encoders); tools/evaluate.py scores "
-                              "SD-1.x/2.x runs only. Compare SDXL steps with tools/generate.py --steps_sweep")
+    if components.is_sdxl != sdxl:  # an SDXL run has two row sets per step (learned_embeds[_2]), others one
+        raise EvaluationError(
+            f"{second_encoder_path(files[0].path)}: no such file, but --model {settings.model} is SDXL (two text "
+            "encoders, one file each); pass the --model the run trained on" if components.is_sdxl else
+            f"{settings.run_dir}: holds learned_embeds_2 files (an SDXL run), but --model {settings.model} is not "
+            "SDXL; pass the --model the run trained on")
     quiet = log.level
     log.setLevel(logging.WARNING)  # setup describes a training run: not what happens here
     try:
         run = setup(config, DistContext(), components)
     finally:
         log.setLevel(quiet)
-    width = run.rows.rows.shape[1]
+    layers = run.conditioning.row_layers
     for f in files:
-        if f.vectors.shape[1] != width:
-            raise EvaluationError(f"{f.path}: an embedding of {f.vectors.shape[1]} dimensions, but the text encoder "
-                                  f"of --model {settings.model} is {width} wide: it was trained for another model. "
-                                  "Pass the --model the run trained on")
+        for path, vectors, layer in zip((f.path, second_encoder_path(f.path)), row_sets(f), layers):
+            if vectors.shape[1] != layer.rows.shape[1]:
+                raise EvaluationError(f"{path}: an embedding of {vectors.shape[1]} dimensions, but the text encoder "
+                                      f"of --model {settings.model} is {layer.rows.shape[1]} wide: it was trained for "
+                                      "another model. Pass the --model the run trained on")
     prompts = custom_prompts or builtin_prompts(config.learnable_property, run.language)
     return Session(
         settings, run, label_final(files, run.max_train_steps), prompts, clip,
         reference_features=clip.image_features(training_images(config.train_data_dir)),
         edit_features=clip.text_features([without_placeholder(p) for p in prompts.edits]),
-        initial=run.rows.weight.numpy()[run.rows.placeholder_ids].astype(np.float32),
+        initial=[layer.weight.numpy()[layer.placeholder_ids].astype(np.float32) for layer in layers],
         seed=settings.seed if settings.seed is not None else run.seed,
     )
+
+
+def row_sets(f: SavedFile) -> list[np.ndarray]:
+    """The file's rows per text encoder (one, or SDXL's two)."""
+    return [f.vectors] if f.vectors_2 is None else [f.vectors, f.vectors_2]
+
+
+def embedding_scores(f: SavedFile, initial: list) -> dict:
+    """norm/drift (means over the vectors) of each row set; the second encoder's as norm_2/drift_2."""
+    from .evaluation.embedding import drift, norms
+
+    scores = {}
+    for suffix, vectors, start in zip(ROW_FILE_SUFFIXES, row_sets(f), initial):
+        scores[f"norm{suffix}"] = float(norms(vectors).mean())
+        scores[f"drift{suffix}"] = float(drift(vectors, start).mean())
+    return scores
 
 
 def score_file(session: Session, f: SavedFile, judges: Sequence[Judge]) -> tuple[Row, list]:
@@ -221,12 +269,12 @@ def score_file(session: Session, f: SavedFile, judges: Sequence[Judge]) -> tuple
     image of each edit prompt)."""
     import paddle
 
-    from .evaluation.embedding import drift, norms
     from .train import micro_step_loss
     from .validation import render
 
     run, prompts, settings, config = session.run, session.prompts, session.settings, session.run.config
-    run.rows.rows.set_value(paddle.to_tensor(f.vectors))  # the swap: the pipeline's text encoder reads these rows
+    for layer, vectors in zip(run.conditioning.row_layers, row_sets(f)):  # the swap: the pipeline's text
+        layer.rows.set_value(paddle.to_tensor(vectors))  # encoder(s) read these rows
     loss = run.evaluation.frozen.loss(lambda batch: micro_step_loss(run, batch))
     rendered = {
         template: render(run.components.pipeline, template.format(config.placeholder_token), settings.num_images,
@@ -238,9 +286,10 @@ def score_file(session: Session, f: SavedFile, judges: Sequence[Judge]) -> tuple
     image_similarity = mean_cosine(session.clip.image_features(recon), session.reference_features)
     text_similarity = float(np.mean([mean_cosine(session.clip.image_features(rendered[p]),
                                                  session.edit_features[i:i + 1]) for i, p in enumerate(prompts.edits)]))
-    extra = {k: v for judge in judges for k, v in judge(f.step, rendered).items()}
-    row = Row(f.step, image_similarity, text_similarity, float(np.float32(loss)), float(norms(f.vectors).mean()),
-              float(drift(f.vectors, session.initial).mean()), f.path.name, extra)
+    embedding = embedding_scores(f, session.initial)
+    norm, drift = embedding.pop("norm"), embedding.pop("drift")
+    extra = {**embedding, **{k: v for judge in judges for k, v in judge(f.step, rendered).items()}}
+    row = Row(f.step, image_similarity, text_similarity, float(np.float32(loss)), norm, drift, f.path.name, extra)
     return row, recon + [rendered[p][0] for p in prompts.edits]
 
 
@@ -260,8 +309,8 @@ def evaluate_run(settings: Settings, judges: Sequence[Judge] = ()) -> Result:
     recommended = recommend(rows)
     written = write_outputs(out_dir, rows, pictures, settings.num_images, recommended)
     if settings.copy_best and recommended is not None:
-        vectors = session.files[rows.index(recommended)].vectors
-        written.append(copy_best(settings.run_dir, session.run.config.placeholder_token, vectors))
+        best = session.files[rows.index(recommended)]
+        written.extend(copy_best(settings.run_dir, session.run.config.placeholder_token, row_sets(best)))
     return Result(rows, recommended, written, seconds_per_file)
 
 
@@ -290,12 +339,18 @@ def label_final(files: list[SavedFile], last_step: int) -> list[SavedFile]:
     return steps + [dataclasses.replace(final, step=last_step)]
 
 
-def copy_best(run_dir: Path, token: str, vectors: np.ndarray) -> Path:
+def copy_best(run_dir: Path, token: str, rows: Sequence[np.ndarray]) -> list[Path]:
+    """BEST_FILE (and SDXL's learned_embeds_2-best.pdparams for text_encoder_2)."""
     from .embeddings import write_embeddings
 
-    return write_embeddings(run_dir / BEST_FILE, {token: vectors}, fmt="pdparams")
+    return [write_embeddings(second_encoder_path(run_dir / BEST_FILE) if i else run_dir / BEST_FILE,
+                             {token: vectors}, fmt="pdparams") for i, vectors in enumerate(rows)]
 
 
 def load_line(run_dir: Path, row: Row) -> str:
-    """The line that loads the recommended embedding into a ppdiffusers pipeline."""
-    return f'pipe.load_textual_inversion("{run_dir / row.file}")'
+    """The line that loads the recommended embedding into a ppdiffusers pipeline (SDXL: one per text encoder)."""
+    path, second = run_dir / row.file, second_encoder_path(run_dir / row.file)
+    if not second.is_file():
+        return f'pipe.load_textual_inversion("{path}")'
+    return "\n".join(f'pipe.load_textual_inversion("{p}", text_encoder=pipe.{e}, tokenizer=pipe.{t})'
+                     for p, e, t in ((path, "text_encoder", "tokenizer"), (second, "text_encoder_2", "tokenizer_2")))

@@ -216,7 +216,7 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     run = Run(config, ctx, seed, components, conditioning, text_encoder, latents, stream, layout,
               max_train_steps, learning_rate, optimizer, lr_scheduler, reporter, templates, language,
               precision=precision,
-              evaluation=TrainingEvaluation(config, stream, conditioning.row_layers[0], ctx, reporter))
+              evaluation=TrainingEvaluation(config, stream, conditioning.row_layers, ctx, reporter))
     log.info(summary(run, images.num_images, len(images.skipped)))
     return run
 

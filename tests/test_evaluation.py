@@ -382,3 +382,61 @@ def test_chinese_run_is_scored_with_a_chinese_clip_and_chinese_prompts(tool, cap
     assert all(-1 <= r["text_similarity"] <= 1 and -1 <= r["image_similarity"] <= 1 for r in rows)
     assert "recommended step" in stdout
     assert builtin_prompts("object", "zh").edits[0] == "海边沙滩上的{}"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# SDXL: two row sets per step
+# ------------------------------------------------------------------------------------------------------------
+def test_evaluate_swaps_both_sdxl_row_sets_per_step_with_one_pipeline_load(tiny_clip, demo_images, tmp_path,
+                                                                           monkeypatch):
+    """A tiny SDXL run saved at steps 2 and 4: each step's learned_embeds (text_encoder) and learned_embeds_2
+    (text_encoder_2) rows are written into the one loaded SDXL pipeline; its eval_loss is the logged eval/loss;
+    norm/drift cover both encoders (norm_2/drift_2, also logged during training); a missing _2 file is refused."""
+    import paddle
+    from ppdiffusers import DiffusionPipeline, StableDiffusionXLPipeline
+
+    from ppti import evaluate
+    from ppti.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny-sdxl", arch="sdxl")
+    run = tmp_path / "run"
+    train(parse_config(train_args(model, demo_images, run, save_steps=2, eval_steps=1, report_to="visualdl")),
+          DistContext())
+
+    original, loads, swapped = DiffusionPipeline.from_pretrained.__func__, [], {}
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(a[0]) or original(cls, *a, **k)))
+    score_file = evaluate.score_file
+
+    def recording(session, f, judges):  # what the pipeline's two text encoders read for the placeholder
+        out = score_file(session, f, judges)
+        pipe = session.run.components.pipeline
+        assert isinstance(pipe, StableDiffusionXLPipeline)
+        swapped[f.step] = [encoder.get_input_embeddings()(paddle.to_tensor(layer.placeholder_ids)).numpy()
+                           for encoder, layer in zip((pipe.text_encoder, pipe.text_encoder_2),
+                                                     session.run.conditioning.row_layers)]
+        return out
+
+    monkeypatch.setattr(evaluate, "score_file", recording)
+    result = evaluate.evaluate_run(evaluate.Settings(run, str(model), str(tiny_clip), num_images=1,
+                                                     num_inference_steps=1))
+    monkeypatch.undo()
+    assert loads == [str(model)]
+    rows = json.loads((run / "evaluation" / "scores.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [2, 4] and [r.step for r in result.rows] == [2, 4]
+    loss, logged_norm_2 = logged(run, "eval/loss"), logged(run, "embedding/norm_2")
+    assert [r["eval_loss"] for r in rows] == pytest.approx([loss[2], loss[4]], rel=1e-6)
+    for r in rows:
+        first = rows_of(run / f"learned_embeds-steps-{r['step']}.pdparams")
+        second = rows_of(run / f"learned_embeds_2-steps-{r['step']}.pdparams")
+        assert first.shape[1] == 32 and second.shape[1] == 64
+        np.testing.assert_array_equal(swapped[r["step"]][0], first)
+        np.testing.assert_array_equal(swapped[r["step"]][1], second)
+        assert r["norm"] == pytest.approx(float(norms(first).mean()), rel=1e-6)
+        assert r["norm_2"] == pytest.approx(float(norms(second).mean()), rel=1e-6)
+        assert r["norm_2"] == pytest.approx(logged_norm_2[r["step"]], rel=1e-6) and r["drift_2"] > 0
+    assert not np.array_equal(swapped[2][1], swapped[4][1])
+
+    (run / "learned_embeds_2-steps-4.pdparams").unlink()
+    with pytest.raises(EvaluationError, match=r"learned_embeds_2-steps-4\.pdparams: no such file"):
+        evaluate.evaluate_run(evaluate.Settings(run, str(model), str(tiny_clip)))

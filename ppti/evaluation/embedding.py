@@ -3,7 +3,11 @@
     norm   the L2 norm of each trained vector
     drift  its cosine distance from the initializer's embedding (1 - cos): 0 at the start, 1 when orthogonal
 
-Warnings (each once per run): the embedding has not moved (relative change below NOT_MOVED after an evaluation:
+SDXL has one row set per text encoder: the first encoder's (text_encoder) rows are logged under the names above,
+the second's (text_encoder_2) with the suffix "_2" (embedding/norm_2, embedding/drift_2), as outputs.py names its
+files (learned_embeds_2).
+
+Warnings (each once per run and encoder): the embedding has not moved (relative change below NOT_MOVED after an evaluation:
 learning rate too low, or the placeholder is missing from the prompts), and its norm is more than NORM_FACTOR times
 the vocabulary's median norm (textual-inversion vectors that grow far beyond ordinary words drown out the rest of
 the prompt: the usual over-fitting).
@@ -43,19 +47,22 @@ def vocabulary_median_norm(weight: np.ndarray, exclude_ids) -> float:
 class EmbeddingWatch:
     """Logs norm/drift to the reporter and warns (once each) about an embedding that does not move or grows."""
 
-    def __init__(self, initial: np.ndarray, median_norm: float, reporter, warn: bool):
+    def __init__(self, initial: np.ndarray, median_norm: float, reporter, warn: bool, suffix: str = ""):
+        """`suffix`: appended to the tag names ("_2" for SDXL's text_encoder_2 rows)."""
         self.initial, self.median_norm, self.reporter, self.warn = initial, median_norm, reporter, warn
+        self.suffix = suffix
         self.warned: set[str] = set()
 
     def update(self, rows: np.ndarray, step: int) -> tuple[float, float]:
         """Log and check the rows (n, D) of `step`; returns the mean (norm, drift) over the vectors."""
         n, d = norms(rows), drift(rows, self.initial)
-        self.reporter.scalar("embedding/norm", float(n.mean()), step)
-        self.reporter.scalar("embedding/drift", float(d.mean()), step)
+        norm_tag, drift_tag = f"embedding/norm{self.suffix}", f"embedding/drift{self.suffix}"
+        self.reporter.scalar(norm_tag, float(n.mean()), step)
+        self.reporter.scalar(drift_tag, float(d.mean()), step)
         if len(rows) > 1:  # one curve per vector of a multi-vector placeholder
             for i in range(len(rows)):
-                self.reporter.scalar(f"embedding/norm/{i}", float(n[i]), step)
-                self.reporter.scalar(f"embedding/drift/{i}", float(d[i]), step)
+                self.reporter.scalar(f"{norm_tag}/{i}", float(n[i]), step)
+                self.reporter.scalar(f"{drift_tag}/{i}", float(d[i]), step)
         if self.warn:
             self.check(rows, n, step)
         return float(n.mean()), float(d.mean())
@@ -64,12 +71,12 @@ class EmbeddingWatch:
         moved = float((norms(rows - self.initial) / np.maximum(norms(self.initial), 1e-12)).max())
         if moved < NOT_MOVED and "still" not in self.warned:
             self.warned.add("still")
-            log.warning("embedding/drift: after %d steps the embedding has barely moved (relative change %.1e): the "
-                        "learning rate is too low (--learning_rate) or the placeholder is missing from the prompts "
-                        "(--templates)", step, moved)
+            log.warning("embedding/drift%s: after %d steps the embedding has barely moved (relative change %.1e): "
+                        "the learning rate is too low (--learning_rate) or the placeholder is missing from the "
+                        "prompts (--templates)", self.suffix, step, moved)
         if n.max() > NORM_FACTOR * self.median_norm and "norm" not in self.warned:
             self.warned.add("norm")
-            log.warning("embedding/norm: at step %d the embedding's norm is %.3g, %.1fx the vocabulary's median "
+            log.warning("embedding/norm%s: at step %d the embedding's norm is %.3g, %.1fx the vocabulary's median "
                         "norm %.3g: it may drown out the rest of the prompt (over-fitting). Compare the saved steps "
-                        "with tools/evaluate.py, or lower --learning_rate", step, n.max(),
+                        "with tools/evaluate.py, or lower --learning_rate", self.suffix, step, n.max(),
                         n.max() / self.median_norm, self.median_norm)
