@@ -36,7 +36,15 @@ class Evaluation:
         """The line that loads the recommended file (the same line tools/evaluate.py prints: ppti.evaluate.load_line,
         which the page cannot import)."""
         row = self.recommended
-        return f'pipe.load_textual_inversion("{self.run_dir / row["file"]}")' if row else None
+        if not row:
+            return None
+        path = self.run_dir / row["file"]
+        second = path.with_name(path.name.replace("learned_embeds", "learned_embeds_2", 1))  # SDXL: text_encoder_2
+        if not second.is_file():
+            return f'pipe.load_textual_inversion("{path}")'
+        pairs = ((path, "text_encoder", "tokenizer"), (second, "text_encoder_2", "tokenizer_2"))
+        return "\n".join(f'pipe.load_textual_inversion("{p}", text_encoder=pipe.{e}, tokenizer=pipe.{t})'
+                         for p, e, t in pairs)
 
 
 def read_evaluation(run_dir: Path) -> Optional[Evaluation]:

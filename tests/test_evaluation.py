@@ -419,7 +419,7 @@ def test_evaluate_swaps_both_sdxl_row_sets_per_step_with_one_pipeline_load(tiny_
 
     monkeypatch.setattr(evaluate, "score_file", recording)
     result = evaluate.evaluate_run(evaluate.Settings(run, str(model), str(tiny_clip), num_images=1,
-                                                     num_inference_steps=1))
+                                                     num_inference_steps=1, copy_best=True))
     monkeypatch.undo()
     assert loads == [str(model)]
     rows = json.loads((run / "evaluation" / "scores.json").read_text())["rows"]
@@ -436,6 +436,17 @@ def test_evaluate_swaps_both_sdxl_row_sets_per_step_with_one_pipeline_load(tiny_
         assert r["norm_2"] == pytest.approx(float(norms(second).mean()), rel=1e-6)
         assert r["norm_2"] == pytest.approx(logged_norm_2[r["step"]], rel=1e-6) and r["drift_2"] > 0
     assert not np.array_equal(swapped[2][1], swapped[4][1])
+    # --copy_best writes both files; the printed lines load both row sets into a fresh SDXL pipeline
+    best = result.recommended.step
+    for stem in ("learned_embeds", "learned_embeds_2"):
+        np.testing.assert_array_equal(rows_of(run / f"{stem}-best.pdparams"),
+                                      rows_of(run / f"{stem}-steps-{best}.pdparams"))
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(model))
+    exec(evaluate.load_line(run, result.recommended), {"pipe": pipe})
+    for i, (tokenizer, encoder) in enumerate(((pipe.tokenizer, pipe.text_encoder),
+                                              (pipe.tokenizer_2, pipe.text_encoder_2))):
+        ids = paddle.to_tensor(tokenizer.convert_tokens_to_ids(["<demo-toy>"]))
+        np.testing.assert_allclose(encoder.get_input_embeddings()(ids).numpy(), swapped[best][i], rtol=1e-6)
 
     (run / "learned_embeds_2-steps-4.pdparams").unlink()
     with pytest.raises(EvaluationError, match=r"learned_embeds_2-steps-4\.pdparams: no such file"):

@@ -7,10 +7,10 @@ SDXL has one row set per text encoder: the first encoder's (text_encoder) rows a
 the second's (text_encoder_2) with the suffix "_2" (embedding/norm_2, embedding/drift_2), as outputs.py names its
 files (learned_embeds_2).
 
-Warnings (each once per run and encoder): the embedding has not moved (relative change below NOT_MOVED after an evaluation:
-learning rate too low, or the placeholder is missing from the prompts), and its norm is more than NORM_FACTOR times
-the vocabulary's median norm (textual-inversion vectors that grow far beyond ordinary words drown out the rest of
-the prompt: the usual over-fitting).
+Warnings (each once per run and encoder): the embedding has not moved (relative change below NOT_MOVED after an
+evaluation: learning rate too low, or the placeholder is missing from the prompts), and its norm is more than
+NORM_FACTOR times the vocabulary's median norm (textual-inversion vectors that grow far beyond ordinary words drown
+out the rest of the prompt: the usual over-fitting).
 """
 
 from __future__ import annotations
