@@ -173,7 +173,7 @@ def write_tiny_model(run, folder, version):
 def write_pipeline(run, folder, version):
     _with_dir(run, folder)
     run.rows.rows.set_value(np.full((1, 32), version, np.float32))
-    outputs.save_pipeline(run.config, run.components, run.rows)
+    outputs.save_pipeline(run.config, run.components, run.conditioning)
 
 
 KINDS = {
