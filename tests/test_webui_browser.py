@@ -104,7 +104,7 @@ def test_the_page_refuses_paths_outside_non_images_and_form_flags_in_yaml(sessio
 
 def test_placeholder_is_checked_as_you_type_by_the_trainer_rules(session):
     result, *_ = session
-    assert "--placeholder_token 'toy' is already a word of the tokenizer ('toy</w>')" in result["token_refused"]
+    assert "--placeholder_token 'cat' is already a word of the tokenizer ('cat</w>')" in result["token_refused"]
     assert result["token_ok"].startswith(f"✔ ok: {TOKEN}: 1 new token(s) in the CLIPTokenizer")
 
 
