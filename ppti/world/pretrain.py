@@ -37,22 +37,23 @@ MAX_LENGTH = 32  # prompt tokens: the longest caption is ~20; SD's 77 would only
 class Recipe:
     """Everything that decides the world's weights (written to the manifest with the command).
 
-    With these defaults (VAE and judge: 23 minutes on 2 cores shared with ~10 other processes; diffusion: about
-    16 minutes on an almost idle machine) every phase is undertrained: the UNet denoises well at t <= 500 but not
-    from pure noise, so samples do not follow their captions yet. Far more diffusion steps are needed.
+    The defaults are the shipped world's (models/toy-world/manifest.json holds the exact command and seed). Shorter
+    runs (600 VAE steps, 2000 diffusion steps) gave a VAE that blurred shapes away and samples that were colour
+    blobs ignoring their captions.
     """
     seed: int = 0
     num_images: int = 4000
-    vae_steps: int = 600  # still blurs shapes (the judge reads back 58% of shapes after a round trip): more helps
+    vae_steps: int = 2500
     vae_batch_size: int = 16
-    judge_steps: int = 700  # 88% of shapes on clean renderings: more helps
+    judge_steps: int = 1500
     judge_reconstructions: int = 2000
-    diffusion_steps: int = 2000  # 1200 and 2000 steps: samples are colour blobs that ignore the caption
+    diffusion_steps: int = 10000
     diffusion_batch_size: int = 32
     diffusion_learning_rate: float = 1.5e-3
+    ema_decay: float = 0.999  # the saved UNet and text encoder are the exponential moving average of the weights
     unet_channels: tuple = (32, 64)
     caption_dropout: float = 0.1
-    checkpoint_every: int = 500
+    checkpoint_every: int = 1000
 
 
 def build_vae():
@@ -154,11 +155,14 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     import paddle.nn.functional as F
 
     from ppdiffusers import DDPMScheduler
+    from ppdiffusers.training_utils import EMAModel
 
     noise_scheduler = DDPMScheduler.from_config(build_scheduler().config)
     rng = random.Random(recipe.seed + 3)
+    gauss = np.random.default_rng(recipe.seed + 3)  # all the Gaussian draws, vectorised (deterministic per seed)
     mean, std = latents
     params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = EMAModel(params, decay=recipe.ema_decay)  # decay warmed up as (1+n)/(10+n)
     schedule = paddle.optimizer.lr.LinearWarmup(
         paddle.optimizer.lr.CosineAnnealingDecay(recipe.diffusion_learning_rate, recipe.diffusion_steps), 200, 0.0,
         recipe.diffusion_learning_rate)
@@ -169,11 +173,10 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     for step in range(1, recipe.diffusion_steps + 1):
         idx = rng.sample(range(len(mean)), recipe.diffusion_batch_size)
         texts = ["" if rng.random() < recipe.caption_dropout else caption(attrs[i], rng) for i in idx]
-        eps = np.array([[rng.gauss(0, 1) for _ in range(mean[0].size)] for _ in idx], np.float32)
-        z = paddle.to_tensor((mean[idx] + std[idx] * eps.reshape(mean[idx].shape)) * scaling)
-        noise = paddle.to_tensor(np.array([[rng.gauss(0, 1) for _ in range(mean[0].size)] for _ in idx],
-                                          np.float32).reshape(z.shape))
-        t = paddle.to_tensor([rng.randrange(noise_scheduler.config.num_train_timesteps) for _ in idx], "int64")
+        z = paddle.to_tensor(((mean[idx] + std[idx] * gauss.standard_normal(mean[idx].shape)) * scaling)
+                             .astype(np.float32))
+        noise = paddle.to_tensor(gauss.standard_normal(mean[idx].shape).astype(np.float32))
+        t = paddle.to_tensor(gauss.integers(0, noise_scheduler.config.num_train_timesteps, len(idx)), "int64")
         ids = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pd").input_ids
         hidden = text_encoder(ids)[0]
         pred = unet(noise_scheduler.add_noise(z, noise, t), t, encoder_hidden_states=hidden).sample
@@ -182,13 +185,14 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
         optimizer.step()
         optimizer.clear_grad()
         schedule.step()
+        ema.step(params)
         progress(float(loss))
         if step % recipe.checkpoint_every == 0 or step == recipe.diffusion_steps:
-            unet.eval()
-            text_encoder.eval()
+            ema.store(params)
+            ema.copy_to(params)
             checkpoint(step)
-            unet.train()
-            text_encoder.train()
+            ema.restore(params)
+    ema.copy_to(params)
     unet.eval()
     text_encoder.eval()
 
