@@ -51,9 +51,14 @@ class Recipe:
     diffusion_batch_size: int = 32
     diffusion_learning_rate: float = 1.5e-3
     ema_decay: float = 0.999  # the saved UNet and text encoder are the exponential moving average of the weights
+    snr_gamma: float = 0.0  # > 0: Min-SNR loss weighting (Hang et al. 2023), min(SNR, gamma) / SNR per example
     unet_channels: tuple = (32, 64)
     caption_dropout: float = 0.1
     checkpoint_every: int = 1000
+    judge_samples: int = 96  # world samples (true full captions) the judge reads after training, for the report
+
+
+STAGE_FIELDS = ("seed", "num_images", "vae_steps", "vae_batch_size", "judge_steps", "judge_reconstructions")
 
 
 def build_vae():
@@ -155,7 +160,7 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     import paddle.nn.functional as F
 
     from ppdiffusers import DDPMScheduler
-    from ppdiffusers.training_utils import EMAModel
+    from ppdiffusers.training_utils import EMAModel, compute_snr
 
     noise_scheduler = DDPMScheduler.from_config(build_scheduler().config)
     rng = random.Random(recipe.seed + 3)
@@ -180,7 +185,12 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
         ids = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pd").input_ids
         hidden = text_encoder(ids)[0]
         pred = unet(noise_scheduler.add_noise(z, noise, t), t, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(pred, noise)
+        if recipe.snr_gamma > 0:  # less weight on the nearly clean timesteps, more on the ones that decide the layout
+            snr = compute_snr(noise_scheduler, t)
+            per_example = ((pred - noise) ** 2).mean(axis=[1, 2, 3])
+            loss = (per_example * snr.clip(max=recipe.snr_gamma) / snr).mean()
+        else:
+            loss = F.mse_loss(pred, noise)
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
@@ -231,9 +241,9 @@ def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) ->
     held_images, held_attrs = render_batch(recipe.seed + 10_000, 1000)  # never trained on
     log(f"rendered {len(images)} training images in {time.time() - start:.0f}s")
 
-    stage = out.with_name(out.name + ".stage")  # VAE + judge of an earlier run with the same recipe: diffusion can restart alone
-    stage_key = json.dumps({k: v for k, v in asdict(recipe).items()
-                            if not k.startswith("diffusion") and k != "checkpoint_every"}, sort_keys=True)
+    # VAE + judge of an earlier run with the same fields that decide them: the diffusion phase can restart alone
+    stage = out.with_name(out.name + ".stage")
+    stage_key = json.dumps({k: getattr(recipe, k) for k in STAGE_FIELDS}, sort_keys=True)
     if (stage / "key.json").exists() and (stage / "key.json").read_text() == stage_key:
         from ppdiffusers import AutoencoderKL
 
@@ -293,7 +303,8 @@ def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) ->
     paddle.seed(recipe.seed + 3)
     train_diffusion(unet, text_encoder, tokenizer, (mean, std), attrs, scaling, recipe, step, checkpoint)
     pb.close()
-    info["judge_on_world_samples"] = judge_world_samples(out, judge, recipe.seed + 20_000)
+    info["judge_on_world_samples"] = judge_world_samples(out, judge, recipe.seed + 20_000,
+                                                                 recipe.judge_samples)
     log(f"judge on the world's samples for true captions: {info['judge_on_world_samples']}")
     (out / "world_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
