@@ -215,6 +215,7 @@ def open_session(settings: Settings, out_dir: Path) -> Session:
     config = run_config(settings, out_dir)
     sdxl = is_sdxl_run(settings.run_dir)
     files = read_saved(saved_paths(settings.run_dir), config.num_vectors, sdxl)  # all checked before any model loads
+    check_before_loading(config)
     custom_prompts = read_prompts_file(settings.prompts_file) if settings.prompts_file else None
     clip = ClipScorer(settings.clip_model or DEFAULT_CLIP.get(config.language, DEFAULT_CLIP["en"]))
 
@@ -246,6 +247,18 @@ def open_session(settings: Settings, out_dir: Path) -> Session:
         initial=[layer.weight.numpy()[layer.placeholder_ids].astype(np.float32) for layer in layers],
         seed=settings.seed if settings.seed is not None else run.seed,
     )
+
+
+def check_before_loading(config: TrainConfig) -> None:
+    """What train.setup would refuse once the model is loaded (the paths, a --mixed_precision this device cannot
+    run), refused before the CLIP and the model load."""
+    from .config import ConfigError, check_paths
+    from .precision import resolve_precision
+
+    problems = check_paths(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    resolve_precision(config.mixed_precision)
 
 
 def row_sets(f: SavedFile) -> list[np.ndarray]:

@@ -365,6 +365,23 @@ def test_evaluate_refusals_are_one_line_errors(tool, capsys, run_dir, tiny_model
     assert "768 dimensions" in message and "32 wide" in message and "Pass the --model the run trained on" in message
 
 
+def test_evaluate_refuses_bad_data_dir_and_precision_before_any_model_loads(tool, capsys, monkeypatch, run_dir,
+                                                                            tiny_model_en, tiny_clip):
+    import ppti.evaluate
+    import ppti.models
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(ppti.models, "load_components", must_not_load)
+    monkeypatch.setattr(ppti.evaluate, "ClipScorer", must_not_load)
+    common = [run_dir, "--model", tiny_model_en, "--clip_model", tiny_clip, "--num_images", 1]
+    for extra, words in ((["--train_data_dir", "nowhere"], "--train_data_dir nowhere: no such directory"),
+                         (["--mixed_precision", "fp16"], "--mixed_precision fp16: this Paddle build cannot")):
+        code, _, stderr = run_tool(tool, capsys, *common, *extra)
+        assert code == 2 and words in stderr and "Traceback" not in stderr, stderr
+
+
 def test_chinese_run_is_scored_with_a_chinese_clip_and_chinese_prompts(tool, capsys, tiny_model_zh, demo_images,
                                                                         tmp_path):
     from ppti.tiny import make_tiny_clip
