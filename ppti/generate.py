@@ -9,7 +9,6 @@ guidance, a saved step renders the images its validation grid showed.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,8 +19,6 @@ from .embeddings import Embedding, read_embeddings
 from .embeddings.convert import read_one_or_pair, resolve_input
 
 log = logging.getLogger("ppti")
-
-STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.(pdparams|safetensors)$")
 
 
 class GenerateError(ValueError):
@@ -118,15 +115,13 @@ def step_files(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, file) of every learned_embeds-steps-N in a training output_dir, by step (.pdparams preferred)."""
     if not run_dir.is_dir():
         raise GenerateError(f"--steps_sweep {run_dir}: no such directory (give a training --output_dir)")
-    by_step: dict[int, Path] = {}
-    for path in sorted(run_dir.iterdir(), key=lambda p: p.suffix != ".pdparams"):
-        match = STEP_FILE.match(path.name)
-        if match:
-            by_step.setdefault(int(match.group(1)), path)
-    if not by_step:
+    from .outputs import saved_steps
+
+    found = saved_steps(run_dir, (".pdparams", ".safetensors"))
+    if not found:
         raise GenerateError(f"--steps_sweep {run_dir}: no learned_embeds-steps-N files (the trainer writes one "
                             "every --save_steps)")
-    return sorted(by_step.items())
+    return found
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,6 +38,22 @@ ROW_FILE_SUFFIXES = ("", "_2")
 def embeddings_name(step: Optional[int], encoder: int = 0) -> str:
     stem = f"learned_embeds{ROW_FILE_SUFFIXES[encoder]}"
     return stem if step is None else f"{stem}-steps-{step}"
+
+
+STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)(\.\w+)$")  # the first text encoder's file of each saved step
+
+
+def saved_steps(run_dir: Path, suffixes: Sequence[str]) -> list[tuple[int, Path]]:
+    """(step, file) of every learned_embeds-steps-N file in a training output_dir, by step; of a step saved in
+    several formats, the first of `suffixes` (files with other suffixes are ignored)."""
+    by_step: dict[int, Path] = {}
+    for path in run_dir.iterdir():
+        match = STEP_FILE.match(path.name)
+        if match and match.group(2) in suffixes:
+            step = int(match.group(1))
+            if step not in by_step or suffixes.index(path.suffix) < suffixes.index(by_step[step].suffix):
+                by_step[step] = path
+    return sorted(by_step.items())
 
 
 def save_embeddings(config: TrainConfig, rows: np.ndarray | Sequence[np.ndarray], step: Optional[int] = None) -> Path:

@@ -226,6 +226,25 @@ def test_evaluation_is_read_back_and_refuses_foreign_files(tmp_path):
         assert str(scores) in str(refused.value) and "press Evaluate" in str(refused.value)
 
 
+def test_the_pages_load_line_is_the_one_tools_evaluate_prints(tmp_path):
+    """ppti_webui/evaluation.py copies ppti.evaluate.load_line (the page cannot import Paddle): both forms agree."""
+    from ppti.evaluate import load_line
+    from ppti.evaluation.scores import Row
+
+    run_dir = tmp_path / "run"
+    (run_dir / "evaluation").mkdir(parents=True)
+    name = "learned_embeds-steps-2.pdparams"
+    rows = [{"step": 2, "image_similarity": 0.5, "text_similarity": 0.3, "eval_loss": 0.1, "norm": 0.4, "drift": 0.1,
+             "file": name}]
+    (run_dir / "evaluation" / "scores.json").write_text(json.dumps({"recommended_step": 2, "rows": rows}))
+    row = Row(2, 0.5, 0.3, 0.1, 0.4, 0.1, name)
+    single = load_line(run_dir, row)
+    assert read_evaluation(run_dir).load_line() == single and "text_encoder_2" not in single
+    (run_dir / "learned_embeds_2-steps-2.pdparams").write_bytes(b"")  # an SDXL run: one file per text encoder
+    pair = load_line(run_dir, row)
+    assert read_evaluation(run_dir).load_line() == pair and "learned_embeds_2-steps-2.pdparams" in pair
+
+
 def test_evaluate_runs_as_a_project_subprocess_and_its_results_are_shown(tiny_model_en, tiny_clip, tmp_path):
     from ppti.config import parse_config
     from ppti.distributed import DistContext
