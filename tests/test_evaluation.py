@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_tool, run_tool, train_args
+from helpers import logged
 from ppti.config import ConfigError, parse_config
 from ppti.data import ExampleStream
 from ppti.distributed import DistContext
@@ -28,14 +29,6 @@ from ppti.evaluation.stopping import EarlyStopping
 from ppti.train import train
 
 TOOL = REPO / "tools" / "evaluate.py"
-
-
-def logged(out_dir: Path, tag: str) -> dict[int, float]:
-    """{step: value} of a scalar in a run's VisualDL log."""
-    from visualdl import LogReader
-
-    (log_file,) = (out_dir / "logs").glob("vdlrecords.*.log")
-    return {int(r.id): float(r.value) for r in LogReader(file_path=str(log_file)).get_data("scalar", tag)}
 
 
 def rows_of(path: Path) -> np.ndarray:
@@ -121,15 +114,6 @@ def test_early_stopping_rule():
     assert rule.update(4, 0.70) is None  # (0.8, 0.7, 0.7): 0.066
     reason = rule.update(5, 0.705)  # (0.7, 0.7, 0.705): 0.0034 < 0.01
     assert reason is not None and "steps 3-5" in reason
-
-
-@pytest.fixture
-def ppti_log(caplog):
-    """caplog for the ppti logger (which does not propagate to the root logger)."""
-    logger = logging.getLogger("ppti")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def test_embedding_warnings_name_the_cause_and_print_the_vocabulary_median(ppti_log):
