@@ -103,21 +103,22 @@ def check_output_dir(config: TrainConfig) -> None:
             "--output_dir")
 
 
-def remove_previous_run(config: TrainConfig) -> None:
+def remove_previous_run(config: TrainConfig, paths: Optional[Sequence[Path]] = None) -> None:
     """Delete an earlier run's files (--overwrite_output_dir, or --resume_from_checkpoint with no checkpoint to
-    continue): files ppti did not write stay."""
-    for path in previous_run(config):
+    continue): `paths` (default: previous_run), files ppti did not write stay."""
+    for path in previous_run(config) if paths is None else paths:
         with write_errors(path):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     log.info("removed the earlier run's files from %s", config.output_dir)
 
 
-def write_run_files(config: TrainConfig, seed: int, language: str, fresh: bool = True) -> None:
-    """token_identifier.txt, type_of_concept.txt and the resolved config (readable back with --config). A fresh
-    run (not resumed) first removes what an earlier run left (see check_output_dir)."""
+def write_run_files(config: TrainConfig, seed: int, language: str, earlier: Sequence[Path] = ()) -> None:
+    """token_identifier.txt, type_of_concept.txt and the resolved config (readable back with --config), after
+    removing `earlier`: what previous_run found before this run set up (see check_output_dir; empty for a resumed
+    run). Listed before set-up, not now: by now this run's own log file may exist (tensorboardX creates it at once)."""
     out_dir = Path(config.output_dir)
-    if fresh and previous_run(config):
-        remove_previous_run(config)
+    if earlier:
+        remove_previous_run(config, earlier)
     atomic_write_text(out_dir / "token_identifier.txt", config.placeholder_token)
     atomic_write_text(out_dir / "type_of_concept.txt", config.learnable_property)
     atomic_write_text(out_dir / CONFIG_FILE, to_yaml(config, {"resolved seed": seed, "resolved language": language}))

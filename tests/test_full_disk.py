@@ -128,7 +128,7 @@ def write_embeddings(run, folder, version):
 
 
 def write_run_files(run, folder, version):
-    outputs.write_run_files(_with_dir(run, folder, seed=version).config, version, "en", fresh=False)
+    outputs.write_run_files(_with_dir(run, folder, seed=version).config, version, "en")
 
 
 def write_checkpoint(run, folder, version):
