@@ -21,14 +21,20 @@ class CheckFailed(ValueError):
 
 
 def check_config(argv: list[str]) -> TrainConfig:
-    """The trainer's validation of a command line (flags, YAML, paths); raises CheckFailed."""
+    """The trainer's validation of a command line (flags, YAML, paths, the output folder's earlier run, the
+    --mixed_precision this device can run); raises CheckFailed."""
+    from .outputs import check_output_dir
+    from .precision import resolve_precision
+
     try:
         config = parse_config(argv)
+        problems = check_paths(config)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        check_output_dir(config)
+        resolve_precision(config.mixed_precision)
     except ConfigError as exc:
         raise CheckFailed(str(exc)) from None
-    problems = check_paths(config)
-    if problems:
-        raise CheckFailed("; ".join(problems))
     return config
 
 

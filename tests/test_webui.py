@@ -201,6 +201,21 @@ def test_check_placeholder_uses_the_trainer_rules(tiny_model_en):
     assert one_shot.returncode == 2 and one_shot.stderr.strip().splitlines()[-1] == replies[1]["message"]
 
 
+def test_config_check_refuses_what_the_trainer_refuses_before_loading(tiny_model_en, tmp_path):
+    """The output folder of an earlier run and a --mixed_precision this device cannot run: refused by the check as
+    by the trainer (which refuses both before any model loads)."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "train_config.yaml").write_text("seed: 1\n")
+    base = ["config", "--pretrained_model_name_or_path", str(tiny_model_en), "--train_data_dir", str(DEMO_IMAGES),
+            "--placeholder_token", "<x>", "--initializer_token", "toy", "--output_dir", str(earlier)]
+    refused = check(*base)
+    assert refused.returncode == 2 and "holds an earlier run" in refused.stderr, refused.stderr
+    assert check(*base, "--overwrite_output_dir").returncode == 0
+    half = check(*base, "--overwrite_output_dir", "--mixed_precision", "fp16")
+    assert half.returncode == 2 and "--mixed_precision fp16: this Paddle build cannot" in half.stderr, half.stderr
+
+
 # ---- the Compare tab's evaluation (tools/evaluate.py, run as the page runs it) -------------------------------------
 def test_evaluation_is_read_back_and_refuses_foreign_files(tmp_path):
     run_dir = tmp_path / "run"
