@@ -30,7 +30,7 @@ from .config import TrainConfig, parse_config
 from .evaluation.clip import DEFAULT_CLIP, ClipScorer, EvaluationError, mean_cosine
 from .evaluation.prompts import EvaluationPrompts, builtin_prompts, read_prompts_file, without_placeholder
 from .evaluation.scores import Row, recommend, write_tables
-from .embeddings.formats import second_encoder_stem
+from .embeddings.formats import SDXL_ENCODERS, second_encoder_stem
 from .outputs import ROW_FILE_SUFFIXES, saved_steps
 
 log = logging.getLogger("ppti")
@@ -355,4 +355,4 @@ def load_line(run_dir: Path, row: Row) -> str:
     if not second.is_file():
         return f'pipe.load_textual_inversion("{path}")'
     return "\n".join(f'pipe.load_textual_inversion("{p}", text_encoder=pipe.{e}, tokenizer=pipe.{t})'
-                     for p, e, t in ((path, "text_encoder", "tokenizer"), (second, "text_encoder_2", "tokenizer_2")))
+                     for p, (_, e, t) in zip((path, second), SDXL_ENCODERS))

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from .embeddings import Embedding, read_embeddings
 from .embeddings.convert import read_one_or_pair, resolve_input
+from .embeddings.formats import SDXL_ENCODERS
 
 log = logging.getLogger("ppti")
 
@@ -94,8 +95,8 @@ def encoder_parts(pipeline, embeddings: Sequence[Embedding]) -> list[tuple]:
                 "embeddings")
         raise GenerateError(f"embedding {wrong[0].token!r} is {what}")
     if sdxl:
-        return [(pipeline.text_encoder, pipeline.tokenizer, "clip_l"),
-                (pipeline.text_encoder_2, pipeline.tokenizer_2, "clip_g")]
+        return [(getattr(pipeline, encoder), getattr(pipeline, tokenizer), part)
+                for part, encoder, tokenizer in SDXL_ENCODERS]
     return [(pipeline.text_encoder, pipeline.tokenizer, None)]
 
 

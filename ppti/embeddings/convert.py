@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .formats import (
-    LAYOUTS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, second_encoder_stem, write_embeddings,
-    write_sdxl_pair,
+    LAYOUTS, SDXL_ENCODERS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, second_encoder_stem,
+    write_embeddings, write_sdxl_pair,
 )
 from .tensors import EmbeddingFormatError
 
@@ -132,7 +132,7 @@ def _load_calls(paths: list[Path], token: str, to: str, fmt: str, dtype: str, pa
     library = "ppdiffusers" if to == "paddle" else "diffusers"
     first = paths[0]
     webui = f"WebUI: copy {first.name} into stable-diffusion-webui/embeddings/ and write {first.stem} in the prompt"
-    encoders = (("clip_l", "text_encoder", "tokenizer"), ("clip_g", "text_encoder_2", "tokenizer_2"))
+    encoders = SDXL_ENCODERS
     if pair and len(paths) == 2:  # one file per text encoder
         return [
             f"{library}: pipe.load_textual_inversion({str(path)!r}, token={token!r}, "

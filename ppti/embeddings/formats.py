@@ -282,6 +282,10 @@ def sdxl_pair_paths(path: Path, fmt: str) -> list[Path]:
     return [path, path.with_name(f"{second_encoder_stem(path.stem)}{path.suffix}")]
 
 
+# An SDXL pair per text encoder, in order: (Embedding.part, the pipeline's text encoder, its tokenizer)
+SDXL_ENCODERS = (("clip_l", "text_encoder", "tokenizer"), ("clip_g", "text_encoder_2", "tokenizer_2"))
+
+
 def second_encoder_stem(stem: str) -> str:
     """The clip_g file's stem next to a clip_l file: `X_2`, and `learned_embeds_2-steps-N` for ppti's and
     diffusers' per-step files `learned_embeds-steps-N`."""
