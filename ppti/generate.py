@@ -197,6 +197,13 @@ def run_dtype(paths: Sequence[Path]) -> Optional[str]:
         for folder in (path, path.parent):
             config = folder / CONFIG_FILE
             if folder.is_dir() and config.is_file():
-                mode = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("mixed_precision", "no")
+                fix = "the default --dtype is read from it: give --dtype fp32|fp16|bf16, or repair the file"
+                try:
+                    saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+                except (yaml.YAMLError, ValueError) as exc:  # (UnicodeDecodeError is a ValueError)
+                    raise GenerateError(f"{config}: not readable YAML ({' '.join(str(exc).split())[:120]}); {fix}")
+                mode = saved.get("mixed_precision", "no") if isinstance(saved, dict) else None
+                if mode not in ("no", "fp16", "bf16"):
+                    raise GenerateError(f"{config}: no mixed_precision of no, fp16 or bf16 (got {mode!r}); {fix}")
                 return {"no": "fp32"}.get(mode, mode)
     return None
