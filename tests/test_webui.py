@@ -147,6 +147,9 @@ def test_default_address_is_loopback_and_others_warn(capsys):
     tool.warn_if_exposed("0.0.0.0")
     err = capsys.readouterr().err
     assert "WARNING: the page listens on 0.0.0.0" in err and "--host 127.0.0.1" in err
+    with pytest.raises(SystemExit) as refused:  # (gradio would fail deep inside its server start)
+        tool.parse_args(["--port", "70000"])
+    assert refused.value.code == 2 and "--port must be in 1..65535 (got 70000)" in capsys.readouterr().err
 
 
 # ---- run state from files ------------------------------------------------------------------------------------
