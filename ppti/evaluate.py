@@ -30,7 +30,7 @@ from .config import TrainConfig, parse_config
 from .evaluation.clip import DEFAULT_CLIP, ClipScorer, EvaluationError, mean_cosine
 from .evaluation.prompts import EvaluationPrompts, builtin_prompts, read_prompts_file, without_placeholder
 from .evaluation.scores import Row, recommend, write_tables
-from .embeddings.formats import SDXL_ENCODERS, second_encoder_stem
+from .embeddings.formats import SDXL_ENCODERS, second_encoder_path  # (learned_embeds_2[-steps-N]: SDXL)
 from .outputs import ROW_FILE_SUFFIXES, saved_steps
 
 log = logging.getLogger("ppti")
@@ -91,11 +91,6 @@ def saved_paths(run_dir: Path) -> list[tuple[Optional[int], Path]]:
                               f"with suffix {'/'.join(EMBEDDING_SUFFIXES)}); train with --save_steps N, or point at "
                               "the run's --output_dir")
     return found
-
-
-def second_encoder_path(path: Path) -> Path:
-    """learned_embeds[-steps-N].x -> learned_embeds_2[-steps-N].x: the same step's text_encoder_2 rows (SDXL)."""
-    return path.with_name(second_encoder_stem(path.stem) + path.suffix)
 
 
 def is_sdxl_run(run_dir: Path) -> bool:

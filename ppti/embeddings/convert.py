@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .formats import (
-    LAYOUTS, SDXL_ENCODERS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, second_encoder_stem,
+    LAYOUTS, SDXL_ENCODERS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, second_encoder_path,
     write_embeddings, write_sdxl_pair,
 )
 from .tensors import EmbeddingFormatError
@@ -60,7 +60,7 @@ def second_encoder_file(source: Path) -> Path | None:
     `learned_embeds_2[-steps-N].X` (text_encoder_2, clip_g) when it exists."""
     if not source.stem.startswith("learned_embeds") or source.stem.startswith("learned_embeds_"):
         return None
-    second = source.with_name(f"{second_encoder_stem(source.stem)}{source.suffix}")
+    second = second_encoder_path(source)
     return second if second.is_file() else None
 
 
