@@ -72,7 +72,8 @@ def save_embeddings(config: TrainConfig, rows: np.ndarray | Sequence[np.ndarray]
 
 
 def previous_run(config: TrainConfig) -> list[Path]:
-    """The files and folders of an earlier (finished or partial) run in --output_dir; empty for a new folder."""
+    """The files and folders of an earlier (finished or partial) run in --output_dir; empty for a new folder. Logs
+    count only in a --logging_dir inside --output_dir: one outside (absolute, ../logs) is shared by other runs."""
     out_dir = Path(config.output_dir)
     if not out_dir.is_dir():
         return []
@@ -80,7 +81,7 @@ def previous_run(config: TrainConfig) -> list[Path]:
     if (out_dir / "model_index.json").is_file():  # a pipeline saved by --no-only_save_embeds
         found += [out_dir / name for name in PIPELINE_FOLDERS if (out_dir / name).is_dir()]
     logs = config.logging_path
-    if logs.is_dir():
+    if logs.is_dir() and logs.resolve().is_relative_to(out_dir.resolve()):  # (a log folder outside is shared)
         found += sorted(p for p in logs.iterdir() if p.name.startswith(LOG_PREFIXES))
     return found
 

@@ -554,6 +554,24 @@ def test_damaged_checkpoint_file_is_refused_before_any_model(finished_run, tmp_p
     assert rc == 2 and "optimizer.safetensors is missing or damaged" in line and "checkpoint-2" in line
 
 
+def test_a_log_folder_shared_by_runs_is_not_an_earlier_run_of_a_new_output_dir(tmp_path, demo_images):
+    """--logging_dir outside --output_dir (absolute, or ../logs: one TensorBoard folder for every run) holds other
+    runs' logs: they neither make a new --output_dir "hold an earlier run" nor are removed by an overwrite."""
+    from ppti.config import parse_config
+    from ppti.outputs import check_output_dir, previous_run
+
+    shared = tmp_path / "all-logs"
+    shared.mkdir()
+    (shared / "events.out.tfevents.other-run").write_text("x")
+    (shared / "vdlrecords.1700000000.log").write_text("x")
+    (tmp_path / "new-run").mkdir()  # (made by the user, empty)
+    for logging_dir in (str(shared), "../all-logs"):
+        config = parse_config(train_args(tmp_path / "model", demo_images, tmp_path / "new-run",
+                                         logging_dir=logging_dir))
+        assert previous_run(config) == []
+        check_output_dir(config)  # not refused
+
+
 def test_overwrite_does_not_touch_files_of_other_tools(finished_run, tmp_path):
     """--overwrite_output_dir removes only what a run writes (documented)."""
     from ppti.config import parse_config
