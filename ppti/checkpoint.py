@@ -45,11 +45,6 @@ log = logging.getLogger("ppti")
 
 CHECKPOINTS_DIR = "checkpoints"
 ROWS_FILE = "learned_embeds.pdparams"
-
-
-def rows_file(suffix: str) -> str:
-    return ROWS_FILE.replace(".pdparams", f"{suffix}.pdparams")
-
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_state.json"
@@ -66,6 +61,11 @@ SAME_EXAMPLES = ("repeats", "resolved_height", "resolved_width", "center_crop", 
                  "caption_template", "buckets", "bucket_min_side", "bucket_max_side")
 # Not compared: how the run is resumed and where it reports.
 NOT_COMPARED = ("resume_from_checkpoint", "seed", "train_batch_size")
+
+
+def rows_file(suffix: str) -> str:
+    """ROWS_FILE of the text encoder whose ROW_FILE_SUFFIXES entry is `suffix` (SDXL's second: ..._2.pdparams)."""
+    return ROWS_FILE.replace(".pdparams", f"{suffix}.pdparams")
 
 
 class CheckpointError(ConfigError):

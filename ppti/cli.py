@@ -4,12 +4,11 @@ traceback from deep inside Paddle."""
 from __future__ import annotations
 
 import sys
-import warnings
 from typing import Optional
 
 from .config import ConfigError, parse_config
+from .tool_cli import EXIT_BAD_INPUT, quiet_build_warnings
 
-EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
 
 
@@ -20,9 +19,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    # Import-time noise from Paddle's build tooling, irrelevant to training.
-    warnings.filterwarnings("ignore", message="No ccache found")
-    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+    quiet_build_warnings()  # import-time noise from Paddle's build tooling, irrelevant to training
     # Paddle and ppdiffusers import slowly: only after the configuration is known to be valid.
     from .atomic import WriteError
     from .data import DataError

@@ -90,10 +90,6 @@ def wrap_data_parallel(model, ctx: DistContext):
     return paddle.DataParallel(model)
 
 
-def unwrap(model):
-    return model._layers if isinstance(model, paddle.DataParallel) else model
-
-
 def no_sync(model, skip_sync: bool):
     """Skip the gradient all-reduce on accumulation micro-steps (gradients then add up locally)."""
     if skip_sync and isinstance(model, paddle.DataParallel):

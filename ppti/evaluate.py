@@ -30,14 +30,14 @@ from .config import TrainConfig, parse_config
 from .evaluation.clip import DEFAULT_CLIP, ClipScorer, EvaluationError, mean_cosine
 from .evaluation.prompts import EvaluationPrompts, builtin_prompts, read_prompts_file, without_placeholder
 from .evaluation.scores import Row, recommend, write_tables
-from .outputs import ROW_FILE_SUFFIXES
+from .embeddings.formats import SDXL_ENCODERS, second_encoder_path  # (learned_embeds_2[-steps-N]: SDXL)
+from .outputs import ROW_FILE_SUFFIXES, saved_steps
 
 log = logging.getLogger("ppti")
 
 EVALUATION_DIR = "evaluation"
 BEST_FILE = "learned_embeds-best.pdparams"
 EMBEDDING_SUFFIXES = (".pdparams", ".safetensors", ".bin", ".pt")  # preferred first when a step has several
-STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)(\.\w+)$")
 FINAL_STEM = "learned_embeds"
 
 Judge = Callable[[int, dict], dict]
@@ -84,29 +84,13 @@ def saved_paths(run_dir: Path) -> list[tuple[Optional[int], Path]]:
     one file per step, the first of EMBEDDING_SUFFIXES present."""
     if not run_dir.is_dir():
         raise EvaluationError(f"RUN_DIR {run_dir}: no such directory; give a training --output_dir")
-    by_step: dict[int, Path] = {}
-    final: Optional[Path] = None
-    for path in sorted(run_dir.iterdir(), key=lambda p: _rank(p.suffix)):
-        match = STEP_FILE.match(path.name)
-        if match and match.group(2) in EMBEDDING_SUFFIXES:
-            by_step.setdefault(int(match.group(1)), path)
-        elif path.stem == FINAL_STEM and path.suffix in EMBEDDING_SUFFIXES and final is None:
-            final = path
-    found = [(step, path) for step, path in sorted(by_step.items())] + ([(None, final)] if final else [])
+    final = next((p for p in (run_dir / f"{FINAL_STEM}{s}" for s in EMBEDDING_SUFFIXES) if p.is_file()), None)
+    found = saved_steps(run_dir, EMBEDDING_SUFFIXES) + ([(None, final)] if final else [])
     if not found:
         raise EvaluationError(f"RUN_DIR {run_dir}: no saved embeddings (learned_embeds-steps-N or learned_embeds "
                               f"with suffix {'/'.join(EMBEDDING_SUFFIXES)}); train with --save_steps N, or point at "
                               "the run's --output_dir")
     return found
-
-
-def _rank(suffix: str) -> int:
-    return EMBEDDING_SUFFIXES.index(suffix) if suffix in EMBEDDING_SUFFIXES else len(EMBEDDING_SUFFIXES)
-
-
-def second_encoder_path(path: Path) -> Path:
-    """learned_embeds[-steps-N].x -> learned_embeds_2[-steps-N].x: the same step's text_encoder_2 rows (SDXL)."""
-    return path.with_name(path.name.replace(FINAL_STEM, FINAL_STEM + ROW_FILE_SUFFIXES[1], 1))
 
 
 def is_sdxl_run(run_dir: Path) -> bool:
@@ -215,6 +199,7 @@ def open_session(settings: Settings, out_dir: Path) -> Session:
     config = run_config(settings, out_dir)
     sdxl = is_sdxl_run(settings.run_dir)
     files = read_saved(saved_paths(settings.run_dir), config.num_vectors, sdxl)  # all checked before any model loads
+    check_before_loading(config)
     custom_prompts = read_prompts_file(settings.prompts_file) if settings.prompts_file else None
     clip = ClipScorer(settings.clip_model or DEFAULT_CLIP.get(config.language, DEFAULT_CLIP["en"]))
 
@@ -246,6 +231,18 @@ def open_session(settings: Settings, out_dir: Path) -> Session:
         initial=[layer.weight.numpy()[layer.placeholder_ids].astype(np.float32) for layer in layers],
         seed=settings.seed if settings.seed is not None else run.seed,
     )
+
+
+def check_before_loading(config: TrainConfig) -> None:
+    """What train.setup would refuse once the model is loaded (the paths, a --mixed_precision this device cannot
+    run), refused before the CLIP and the model load."""
+    from .config import ConfigError, check_paths
+    from .precision import resolve_precision
+
+    problems = check_paths(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    resolve_precision(config.mixed_precision)
 
 
 def row_sets(f: SavedFile) -> list[np.ndarray]:
@@ -353,4 +350,4 @@ def load_line(run_dir: Path, row: Row) -> str:
     if not second.is_file():
         return f'pipe.load_textual_inversion("{path}")'
     return "\n".join(f'pipe.load_textual_inversion("{p}", text_encoder=pipe.{e}, tokenizer=pipe.{t})'
-                     for p, e, t in ((path, "text_encoder", "tokenizer"), (second, "text_encoder_2", "tokenizer_2")))
+                     for p, (_, e, t) in zip((path, second), SDXL_ENCODERS))

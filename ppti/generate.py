@@ -9,7 +9,6 @@ guidance, a saved step renders the images its validation grid showed.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,10 +17,9 @@ from PIL import Image, ImageDraw
 
 from .embeddings import Embedding, read_embeddings
 from .embeddings.convert import read_one_or_pair, resolve_input
+from .embeddings.formats import SDXL_ENCODERS
 
 log = logging.getLogger("ppti")
-
-STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.(pdparams|safetensors)$")
 
 
 class GenerateError(ValueError):
@@ -97,8 +95,8 @@ def encoder_parts(pipeline, embeddings: Sequence[Embedding]) -> list[tuple]:
                 "embeddings")
         raise GenerateError(f"embedding {wrong[0].token!r} is {what}")
     if sdxl:
-        return [(pipeline.text_encoder, pipeline.tokenizer, "clip_l"),
-                (pipeline.text_encoder_2, pipeline.tokenizer_2, "clip_g")]
+        return [(getattr(pipeline, encoder), getattr(pipeline, tokenizer), part)
+                for part, encoder, tokenizer in SDXL_ENCODERS]
     return [(pipeline.text_encoder, pipeline.tokenizer, None)]
 
 
@@ -118,15 +116,13 @@ def step_files(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, file) of every learned_embeds-steps-N in a training output_dir, by step (.pdparams preferred)."""
     if not run_dir.is_dir():
         raise GenerateError(f"--steps_sweep {run_dir}: no such directory (give a training --output_dir)")
-    by_step: dict[int, Path] = {}
-    for path in sorted(run_dir.iterdir(), key=lambda p: p.suffix != ".pdparams"):
-        match = STEP_FILE.match(path.name)
-        if match:
-            by_step.setdefault(int(match.group(1)), path)
-    if not by_step:
+    from .outputs import saved_steps
+
+    found = saved_steps(run_dir, (".pdparams", ".safetensors"))
+    if not found:
         raise GenerateError(f"--steps_sweep {run_dir}: no learned_embeds-steps-N files (the trainer writes one "
                             "every --save_steps)")
-    return sorted(by_step.items())
+    return found
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -201,6 +197,13 @@ def run_dtype(paths: Sequence[Path]) -> Optional[str]:
         for folder in (path, path.parent):
             config = folder / CONFIG_FILE
             if folder.is_dir() and config.is_file():
-                mode = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("mixed_precision", "no")
+                fix = "the default --dtype is read from it: give --dtype fp32|fp16|bf16, or repair the file"
+                try:
+                    saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+                except (yaml.YAMLError, ValueError) as exc:  # (UnicodeDecodeError is a ValueError)
+                    raise GenerateError(f"{config}: not readable YAML ({' '.join(str(exc).split())[:120]}); {fix}")
+                mode = saved.get("mixed_precision", "no") if isinstance(saved, dict) else None
+                if mode not in ("no", "fp16", "bf16"):
+                    raise GenerateError(f"{config}: no mixed_precision of no, fp16 or bf16 (got {mode!r}); {fix}")
                 return {"no": "fp32"}.get(mode, mode)
     return None

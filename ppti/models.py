@@ -66,6 +66,11 @@ class Components:
         return self.pipeline.vae
 
     @property
+    def text_config(self) -> dict:
+        config = self.text_encoder.config
+        return config if isinstance(config, dict) else config.to_dict()
+
+    @property
     def is_sdxl(self) -> bool:
         """Two text encoders (StableDiffusionXLPipeline): see conditioning.SDXLConditioning."""
         return getattr(self.pipeline, "text_encoder_2", None) is not None
@@ -147,6 +152,13 @@ def text_encoder_architecture(model_dir: Path) -> str:
             f"{model_dir / 'text_encoder'}: text encoder {name} is not supported; supported: {', '.join(FAMILIES)}"
         )
     return name
+
+
+def check_text_side(model_dir: Path, index: dict) -> str:
+    """The text encoder's architecture, once it and the tokenizer model_index.json names are known to fit."""
+    architecture = text_encoder_architecture(model_dir)
+    check_tokenizer_folder(model_dir, index, architecture)
+    return architecture
 
 
 def check_tokenizer_folder(model_dir: Path, index: dict, architecture: str) -> None:
@@ -280,8 +292,7 @@ def load_components(model_path: str, tokenizer_name: Optional[str] = None) -> Co
         index = check_model_folder(model_dir)
         sdxl = check_sdxl_folder(model_dir, index)
         check_manifest(model_dir)
-        architecture = text_encoder_architecture(model_dir)
-        check_tokenizer_folder(model_dir, index, architecture)
+        architecture = check_text_side(model_dir, index)
     try:
         if local and FAMILIES[architecture][0] == "xlmr":  # built here for the mask-token workaround
             from ppdiffusers.transformers import XLMRobertaTokenizer
@@ -354,7 +365,8 @@ def model_name(model_path: str) -> str:
 
 @dataclass(frozen=True)
 class TextSide:
-    """The tokenizer and the text-encoder facts of a local model folder, read without loading any weight."""
+    """The tokenizer and the text-encoder facts of a local model folder, read without loading any weight: the
+    part of `Components` that detect_language and prompt_max_length read (same attribute names)."""
 
     tokenizer: Any
     family: str  # clip | bert | xlmr
@@ -368,9 +380,7 @@ def load_text_side(model_path: str, tokenizer_name: Optional[str] = None) -> Opt
     model_dir = Path(model_path)
     if not model_dir.is_dir():
         return None
-    index = check_model_folder(model_dir)
-    architecture = text_encoder_architecture(model_dir)
-    check_tokenizer_folder(model_dir, index, architecture)
+    architecture = check_text_side(model_dir, check_model_folder(model_dir))
     family = FAMILIES[architecture][0]
     from ppdiffusers import transformers
 
@@ -389,9 +399,7 @@ def prompt_max_length(components: Components | TextSide) -> tuple[int, str]:
     """(length prompts are padded/truncated to, why). Training must see what inference sees: ppdiffusers'
     pipelines pad to tokenizer.model_max_length, so that is the length, within the text encoder's positions."""
     tokenizer_max = components.tokenizer.model_max_length
-    text_config = (components.text_config if isinstance(components, TextSide) else components.text_encoder.config)
-    text_config = text_config if isinstance(text_config, dict) else text_config.to_dict()
-    positions = text_config.get("max_position_embeddings") or UNSET_MAX_LENGTH
+    positions = components.text_config.get("max_position_embeddings") or UNSET_MAX_LENGTH
     if components.family == "xlmr":
         positions -= 2  # RoBERTa position ids start after the padding index (1)
     if tokenizer_max >= UNSET_MAX_LENGTH:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,6 +40,22 @@ def embeddings_name(step: Optional[int], encoder: int = 0) -> str:
     return stem if step is None else f"{stem}-steps-{step}"
 
 
+STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)(\.\w+)$")  # the first text encoder's file of each saved step
+
+
+def saved_steps(run_dir: Path, suffixes: Sequence[str]) -> list[tuple[int, Path]]:
+    """(step, file) of every learned_embeds-steps-N file in a training output_dir, by step; of a step saved in
+    several formats, the first of `suffixes` (files with other suffixes are ignored)."""
+    by_step: dict[int, Path] = {}
+    for path in run_dir.iterdir():
+        match = STEP_FILE.match(path.name)
+        if match and match.group(2) in suffixes:
+            step = int(match.group(1))
+            if step not in by_step or suffixes.index(path.suffix) < suffixes.index(by_step[step].suffix):
+                by_step[step] = path
+    return sorted(by_step.items())
+
+
 def save_embeddings(config: TrainConfig, rows: np.ndarray | Sequence[np.ndarray], step: Optional[int] = None) -> Path:
     """`{placeholder_token: float32 [num_vectors, dim]}` per text encoder (`rows` one array, or one per encoder),
     as ppdiffusers/diffusers load_textual_inversion expect; written atomically. Returns the first file written."""
@@ -55,7 +72,8 @@ def save_embeddings(config: TrainConfig, rows: np.ndarray | Sequence[np.ndarray]
 
 
 def previous_run(config: TrainConfig) -> list[Path]:
-    """The files and folders of an earlier (finished or partial) run in --output_dir; empty for a new folder."""
+    """The files and folders of an earlier (finished or partial) run in --output_dir; empty for a new folder. Logs
+    count only in a --logging_dir inside --output_dir: one outside (absolute, ../logs) is shared by other runs."""
     out_dir = Path(config.output_dir)
     if not out_dir.is_dir():
         return []
@@ -63,7 +81,7 @@ def previous_run(config: TrainConfig) -> list[Path]:
     if (out_dir / "model_index.json").is_file():  # a pipeline saved by --no-only_save_embeds
         found += [out_dir / name for name in PIPELINE_FOLDERS if (out_dir / name).is_dir()]
     logs = config.logging_path
-    if logs.is_dir():
+    if logs.is_dir() and logs.resolve().is_relative_to(out_dir.resolve()):  # (a log folder outside is shared)
         found += sorted(p for p in logs.iterdir() if p.name.startswith(LOG_PREFIXES))
     return found
 
@@ -86,21 +104,22 @@ def check_output_dir(config: TrainConfig) -> None:
             "--output_dir")
 
 
-def remove_previous_run(config: TrainConfig) -> None:
+def remove_previous_run(config: TrainConfig, paths: Optional[Sequence[Path]] = None) -> None:
     """Delete an earlier run's files (--overwrite_output_dir, or --resume_from_checkpoint with no checkpoint to
-    continue): files ppti did not write stay."""
-    for path in previous_run(config):
+    continue): `paths` (default: previous_run), files ppti did not write stay."""
+    for path in previous_run(config) if paths is None else paths:
         with write_errors(path):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     log.info("removed the earlier run's files from %s", config.output_dir)
 
 
-def write_run_files(config: TrainConfig, seed: int, language: str, fresh: bool = True) -> None:
-    """token_identifier.txt, type_of_concept.txt and the resolved config (readable back with --config). A fresh
-    run (not resumed) first removes what an earlier run left (see check_output_dir)."""
+def write_run_files(config: TrainConfig, seed: int, language: str, earlier: Sequence[Path] = ()) -> None:
+    """token_identifier.txt, type_of_concept.txt and the resolved config (readable back with --config), after
+    removing `earlier`: what previous_run found before this run set up (see check_output_dir; empty for a resumed
+    run). Listed before set-up, not now: by now this run's own log file may exist (tensorboardX creates it at once)."""
     out_dir = Path(config.output_dir)
-    if fresh and previous_run(config):
-        remove_previous_run(config)
+    if earlier:
+        remove_previous_run(config, earlier)
     atomic_write_text(out_dir / "token_identifier.txt", config.placeholder_token)
     atomic_write_text(out_dir / "type_of_concept.txt", config.learnable_property)
     atomic_write_text(out_dir / CONFIG_FILE, to_yaml(config, {"resolved seed": seed, "resolved language": language}))

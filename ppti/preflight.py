@@ -13,10 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import ConfigError, TrainConfig, _looks_like_hub_id, check_paths, parse_config
-from .models import (
-    FAMILIES, TOKENIZERS, ModelError, check_model_folder, check_tokenizer_folder, load_tokenizer,
-    text_encoder_architecture,
-)
+from .models import ModelError, load_text_side
 
 
 class CheckFailed(ValueError):
@@ -24,31 +21,30 @@ class CheckFailed(ValueError):
 
 
 def check_config(argv: list[str]) -> TrainConfig:
-    """The trainer's validation of a command line (flags, YAML, paths); raises CheckFailed."""
+    """The trainer's validation of a command line (flags, YAML, paths, the output folder's earlier run, the
+    --mixed_precision this device can run); raises CheckFailed."""
+    from .outputs import check_output_dir
+    from .precision import resolve_precision
+
     try:
         config = parse_config(argv)
+        problems = check_paths(config)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        check_output_dir(config)
+        resolve_precision(config.mixed_precision)
     except ConfigError as exc:
         raise CheckFailed(str(exc)) from None
-    problems = check_paths(config)
-    if problems:
-        raise CheckFailed("; ".join(problems))
     return config
 
 
 @lru_cache(maxsize=4)
 def _tokenizer(model_dir: str, mtime_ns: int):
     """The model folder's tokenizer, loaded as load_components would (cached per folder and modification time)."""
-    from ppdiffusers import transformers as ppd_transformers
-
     from .reporting import quiet_libraries
 
     quiet_libraries()  # paddlenlp logs "Adding <tok> to the vocabulary" at INFO
-    folder = Path(model_dir)
-    index = check_model_folder(folder)
-    architecture = text_encoder_architecture(folder)
-    check_tokenizer_folder(folder, index, architecture)
-    tokenizer_class = getattr(ppd_transformers, TOKENIZERS[FAMILIES[architecture][0]][0])
-    return load_tokenizer(tokenizer_class, str(folder / "tokenizer"))
+    return load_text_side(model_dir).tokenizer
 
 
 def check_placeholder(model: str, placeholder_token: str, initializer_token: str, num_vectors: int = 1) -> str:

@@ -435,11 +435,12 @@ def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> Trai
     resume = checkpoint.find_resume(config, ctx.world_size, ctx.is_main)  # refused before any model loads
     config = resume.config if resume else config  # (with the checkpoint's seed unless --seed is given)
     outputs.check_output_dir(config)  # an earlier run's folder: refused unless resumed or overwritten
+    earlier = outputs.previous_run(config) if resume is None else []  # (removed once set-up succeeded)
     warn_missing_placeholder(config.validation_prompts, config.placeholder_token)
     run = setup(config, ctx)
     start_step = restore_checkpoint(run, resume) if resume else 0
     if ctx.is_main:
-        outputs.write_run_files(config, run.seed, run.language, fresh=resume is None)
+        outputs.write_run_files(config, run.seed, run.language, earlier)
     start_rows, started = learned_rows(run), time.perf_counter()
     with stop_on_signals() as stop:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,13 @@ def run_tool(tool, capsys, *args) -> tuple[int, str, str]:
         code = exc.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@pytest.fixture
+def ppti_log(caplog):
+    """Records of the "ppti" logger (it does not propagate to the root once a run has set up the console)."""
+    logger = logging.getLogger("ppti")
+    logger.addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO, logger="ppti"):
+        yield caplog
+    logger.removeHandler(caplog.handler)

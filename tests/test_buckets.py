@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import ENTRY, train_args
+from helpers import SCALE_SENSITIVE_ADAM, assert_same_update, initial_rows, launch, saved_rows
 from ppti import checkpoint
 from ppti.buckets import Buckets, bucket_sizes, closest_bucket, default_sides
 from ppti.config import ConfigError, parse_config
@@ -21,8 +22,6 @@ from ppti.distributed import DistContext
 from ppti.embeddings import read_embeddings
 from ppti.latents import EncodedLatents, latent_shape, latent_source
 from ppti.train import batches, micro_step_loss, setup, train
-from test_captions import ppti_log  # noqa: F401 - a fixture
-from test_distributed import SCALE_SENSITIVE_ADAM, assert_same_update, initial_rows, launch, saved_rows
 
 # At --resolution 128 (sides 64..256) the buckets are 256x64, 128x128 and 64x256 (height x width): the tiny
 # model trains on all three in a second.

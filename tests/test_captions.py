@@ -4,7 +4,6 @@ checks that name the files: missing captions, prompts without the placeholder, c
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 from pathlib import Path
@@ -24,16 +23,6 @@ from ppti.tokens import TokenError
 from ppti.train import setup, train
 
 TOKEN = "<demo-toy>"
-
-
-@pytest.fixture
-def ppti_log(caplog):
-    """Records of the "ppti" logger (it does not propagate to the root once a run has set up the console)."""
-    logger = logging.getLogger("ppti")
-    logger.addHandler(caplog.handler)
-    with caplog.at_level(logging.INFO, logger="ppti"):
-        yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def concept(tmp_path: Path, captions: dict[str, str], metadata: list[dict] | None = None) -> Path:

@@ -168,7 +168,7 @@ def test_refuses_unknown_layout(tmp_path):
 
 
 def test_refuses_pickle_with_forbidden_global_without_running_it(tmp_path):
-    from test_embeddings import malicious_files
+    from helpers import malicious_files
 
     marker = tmp_path / "pwned"
     for path in malicious_files(tmp_path, marker):

@@ -3,7 +3,6 @@ malformed files. Paddle-side clients (paddle.load, ppdiffusers load_textual_inve
 
 import base64
 import json
-import os
 import pickle
 import pickletools
 import re
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from helpers import RunsCode, malicious_files
 from ppti.embeddings import (
     EmbeddingFormatError,
     UnsafePickleError,
@@ -47,6 +47,7 @@ def pickle_globals(data: bytes) -> set:
 
 
 # ---- round trips --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["pdparams", "diffusers", "webui", "pt"])
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
@@ -105,6 +106,7 @@ def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path):
 
 
 # ---- what each writer puts in the file ----------------------------------------------------------------------
+
 
 def test_pdparams_is_what_paddle_save_writes_and_paddle_load_reads(tmp_path):
     import paddle
@@ -198,6 +200,7 @@ def test_sdxl_pair_as_one_webui_file_or_two_files(tmp_path):
 
 # ---- token naming -------------------------------------------------------------------------------------------
 
+
 def test_token_naming_rules(tmp_path):
     values = vectors(1)
     cases = {
@@ -220,6 +223,7 @@ def test_several_embeddings_in_one_file_are_all_read_but_cannot_share_a_name(tmp
 
 
 # ---- WebUI PNG embeddings -----------------------------------------------------------------------------------
+
 
 def webui_png(path, data, compressed=False):
     """What WebUI's embedding_to_b64 + PngInfo.add_text write into an image."""
@@ -253,29 +257,6 @@ def test_png_without_embedding_is_refused(tmp_path):
 
 
 # ---- refusals -----------------------------------------------------------------------------------------------
-
-class RunsCode:
-    """Pickles as os.system(command): what a malicious checkpoint does."""
-
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return os.system, (self.command,)
-
-
-def malicious_files(tmp_path, marker):
-    """A .pdparams, a .pt and a .bin whose pickles would run `touch marker`."""
-    payload = pickle.dumps({"<tok>": RunsCode(f"touch {marker}")}, protocol=2)
-    pdparams = tmp_path / "evil.pdparams"
-    pdparams.write_bytes(payload)
-    zips = []
-    for name in ("evil.pt", "evil.bin"):
-        with zipfile.ZipFile(tmp_path / name, "w") as archive:
-            archive.writestr("archive/data.pkl", payload)
-            archive.writestr("archive/version", "3\n")
-        zips.append(tmp_path / name)
-    return [pdparams, *zips]
 
 
 def test_pickles_that_would_run_code_are_refused_without_running_it(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_tool, run_tool, train_args
+from helpers import logged
 from ppti.config import ConfigError, parse_config
 from ppti.data import ExampleStream
 from ppti.distributed import DistContext
@@ -28,14 +29,6 @@ from ppti.evaluation.stopping import EarlyStopping
 from ppti.train import train
 
 TOOL = REPO / "tools" / "evaluate.py"
-
-
-def logged(out_dir: Path, tag: str) -> dict[int, float]:
-    """{step: value} of a scalar in a run's VisualDL log."""
-    from visualdl import LogReader
-
-    (log_file,) = (out_dir / "logs").glob("vdlrecords.*.log")
-    return {int(r.id): float(r.value) for r in LogReader(file_path=str(log_file)).get_data("scalar", tag)}
 
 
 def rows_of(path: Path) -> np.ndarray:
@@ -121,15 +114,6 @@ def test_early_stopping_rule():
     assert rule.update(4, 0.70) is None  # (0.8, 0.7, 0.7): 0.066
     reason = rule.update(5, 0.705)  # (0.7, 0.7, 0.705): 0.0034 < 0.01
     assert reason is not None and "steps 3-5" in reason
-
-
-@pytest.fixture
-def ppti_log(caplog):
-    """caplog for the ppti logger (which does not propagate to the root logger)."""
-    logger = logging.getLogger("ppti")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def test_embedding_warnings_name_the_cause_and_print_the_vocabulary_median(ppti_log):
@@ -363,6 +347,23 @@ def test_evaluate_refusals_are_one_line_errors(tool, capsys, run_dir, tiny_model
     write_embeddings(other / "learned_embeds-steps-1.pdparams", {"<demo-toy>": np.ones((1, 768), np.float32)})
     message = refused(other, *common)
     assert "768 dimensions" in message and "32 wide" in message and "Pass the --model the run trained on" in message
+
+
+def test_evaluate_refuses_bad_data_dir_and_precision_before_any_model_loads(tool, capsys, monkeypatch, run_dir,
+                                                                            tiny_model_en, tiny_clip):
+    import ppti.evaluate
+    import ppti.models
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(ppti.models, "load_components", must_not_load)
+    monkeypatch.setattr(ppti.evaluate, "ClipScorer", must_not_load)
+    common = [run_dir, "--model", tiny_model_en, "--clip_model", tiny_clip, "--num_images", 1]
+    for extra, words in ((["--train_data_dir", "nowhere"], "--train_data_dir nowhere: no such directory"),
+                         (["--mixed_precision", "fp16"], "--mixed_precision fp16: this Paddle build cannot")):
+        code, _, stderr = run_tool(tool, capsys, *common, *extra)
+        assert code == 2 and words in stderr and "Traceback" not in stderr, stderr
 
 
 def test_chinese_run_is_scored_with_a_chinese_clip_and_chinese_prompts(tool, capsys, tiny_model_zh, demo_images,

@@ -128,7 +128,7 @@ def write_embeddings(run, folder, version):
 
 
 def write_run_files(run, folder, version):
-    outputs.write_run_files(_with_dir(run, folder, seed=version).config, version, "en", fresh=False)
+    outputs.write_run_files(_with_dir(run, folder, seed=version).config, version, "en")
 
 
 def write_checkpoint(run, folder, version):
@@ -294,7 +294,7 @@ def test_the_converter_reports_a_full_disk_in_one_line(tmp_path, capsys):
 
 def test_two_cards_with_a_full_disk_end_with_the_error_not_a_hang(tiny_model_en, demo_images, tmp_path):
     """Rank 0 (the writer) hits the full disk; both ranks end within the failure bound, the console names it."""
-    from test_distributed import FAILURE_BOUND, launch
+    from helpers import FAILURE_BOUND, launch
 
     disk = tmp_path / "disk"
     mount_tmpfs(disk, "64k")

@@ -155,3 +155,17 @@ def test_dtype_defaults_to_the_runs_mixed_precision_and_is_refused_cleanly_witho
     pipeline = load_pipeline(str(tiny_model_en), "float64")
     assert str(pipeline.unet.dtype) == str(pipeline.vae.dtype) == "paddle.float64"
     assert str(pipeline.text_encoder.dtype) == "paddle.float32"
+
+
+def test_a_damaged_train_config_next_to_the_embedding_is_a_one_line_error(tool, capsys, tiny_model_en, tmp_path):
+    """--dtype defaults to the run's --mixed_precision, read from the train_config.yaml beside the embedding: a file
+    that is not that YAML is named, never a YAML traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    write_embeddings(run / "learned_embeds.pdparams", {"<demo-toy>": np.ones((1, 32), np.float32)})
+    for content in ("mixed_precision: [fp16\n", "- just\n- a list\n", "mixed_precision: 7\n"):
+        (run / "train_config.yaml").write_text(content)
+        code, _, stderr = run_tool(tool, capsys, "--model", tiny_model_en, "--embeddings", run, "--prompt", PROMPT,
+                                   "-o", tmp_path / "x.png")
+        assert code == 2 and "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+        assert f"{run / 'train_config.yaml'}" in stderr and "--dtype" in stderr, stderr

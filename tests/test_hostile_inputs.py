@@ -263,6 +263,35 @@ def test_overwrite_output_dir_removes_the_earlier_run_so_nothing_mixes(finished_
     assert "seed: 8" in (out / "train_config.yaml").read_text(encoding="utf-8")
 
 
+def test_overwrite_keeps_the_new_runs_own_log_file(finished_run, tmp_path, capsys, monkeypatch):
+    """tensorboardX's SummaryWriter creates and opens its events file during set-up, before the earlier run's files
+    are removed: only those are removed, the new log stays. (A stand-in SummaryWriter that does what tensorboardX
+    does: tensorboardX is optional and not installed here.)"""
+    import types
+
+    class SummaryWriter:
+        def __init__(self, logdir):
+            Path(logdir).mkdir(parents=True, exist_ok=True)
+            self.file = open(Path(logdir) / f"events.out.tfevents.{os.getpid()}", "a", encoding="utf-8")
+
+        def add_scalar(self, tag, value, step):
+            self.file.write(f"{tag} {step} {value}\n")
+
+        def close(self):
+            self.file.close()
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    out = copy_of(finished_run, tmp_path)
+    (out / "logs").mkdir()
+    (out / "logs" / "events.out.tfevents.earlier").write_text("train/loss 1 0.5\n", encoding="utf-8")
+    rc, err = cli(_args_for(finished_run, out, max_train_steps=2, checkpointing_steps=0, report_to="tensorboard",
+                            overwrite_output_dir=True), capsys)
+    assert rc == 0, err
+    (log,) = (out / "logs").iterdir()  # the earlier run's log removed, this run's kept
+    assert [line.split()[:2] for line in log.read_text().splitlines() if line.startswith("train/loss")] == \
+        [["train/loss", "1"], ["train/loss", "2"]]
+
+
 def test_resume_into_the_same_folder_with_the_same_command_still_continues(finished_run, tmp_path, capsys):
     out = copy_of(finished_run, tmp_path)
     rc, err = cli(_args_for(finished_run, out, save_steps=1, checkpointing_steps=2, max_train_steps=6,
@@ -523,6 +552,24 @@ def test_damaged_checkpoint_file_is_refused_before_any_model(finished_run, tmp_p
     rc, err = cli(_args_for(finished_run, out, resume_from_checkpoint="latest", max_train_steps=6), capsys)
     line = one_error(err)
     assert rc == 2 and "optimizer.safetensors is missing or damaged" in line and "checkpoint-2" in line
+
+
+def test_a_log_folder_shared_by_runs_is_not_an_earlier_run_of_a_new_output_dir(tmp_path, demo_images):
+    """--logging_dir outside --output_dir (absolute, or ../logs: one TensorBoard folder for every run) holds other
+    runs' logs: they neither make a new --output_dir "hold an earlier run" nor are removed by an overwrite."""
+    from ppti.config import parse_config
+    from ppti.outputs import check_output_dir, previous_run
+
+    shared = tmp_path / "all-logs"
+    shared.mkdir()
+    (shared / "events.out.tfevents.other-run").write_text("x")
+    (shared / "vdlrecords.1700000000.log").write_text("x")
+    (tmp_path / "new-run").mkdir()  # (made by the user, empty)
+    for logging_dir in (str(shared), "../all-logs"):
+        config = parse_config(train_args(tmp_path / "model", demo_images, tmp_path / "new-run",
+                                         logging_dir=logging_dir))
+        assert previous_run(config) == []
+        check_output_dir(config)  # not refused
 
 
 def test_overwrite_does_not_touch_files_of_other_tools(finished_run, tmp_path):

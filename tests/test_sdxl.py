@@ -353,7 +353,7 @@ def test_two_ranks_train_both_row_sets_like_one_process(tiny_sdxl, tmp_path):
 
     from ppti.train import train
     from conftest import ENTRY
-    from test_distributed import SCALE_SENSITIVE_ADAM, launch
+    from helpers import SCALE_SENSITIVE_ADAM, launch
 
     common = dict(num_vectors=2, max_train_steps=2, scale_lr=True, center_crop=True, **SCALE_SENSITIVE_ADAM)
     two, logs = tmp_path / "two", tmp_path / "logs"

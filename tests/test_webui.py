@@ -147,6 +147,9 @@ def test_default_address_is_loopback_and_others_warn(capsys):
     tool.warn_if_exposed("0.0.0.0")
     err = capsys.readouterr().err
     assert "WARNING: the page listens on 0.0.0.0" in err and "--host 127.0.0.1" in err
+    with pytest.raises(SystemExit) as refused:  # (gradio would fail deep inside its server start)
+        tool.parse_args(["--port", "70000"])
+    assert refused.value.code == 2 and "--port must be in 1..65535 (got 70000)" in capsys.readouterr().err
 
 
 # ---- run state from files ------------------------------------------------------------------------------------
@@ -201,6 +204,21 @@ def test_check_placeholder_uses_the_trainer_rules(tiny_model_en):
     assert one_shot.returncode == 2 and one_shot.stderr.strip().splitlines()[-1] == replies[1]["message"]
 
 
+def test_config_check_refuses_what_the_trainer_refuses_before_loading(tiny_model_en, tmp_path):
+    """The output folder of an earlier run and a --mixed_precision this device cannot run: refused by the check as
+    by the trainer (which refuses both before any model loads)."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "train_config.yaml").write_text("seed: 1\n")
+    base = ["config", "--pretrained_model_name_or_path", str(tiny_model_en), "--train_data_dir", str(DEMO_IMAGES),
+            "--placeholder_token", "<x>", "--initializer_token", "toy", "--output_dir", str(earlier)]
+    refused = check(*base)
+    assert refused.returncode == 2 and "holds an earlier run" in refused.stderr, refused.stderr
+    assert check(*base, "--overwrite_output_dir").returncode == 0
+    half = check(*base, "--overwrite_output_dir", "--mixed_precision", "fp16")
+    assert half.returncode == 2 and "--mixed_precision fp16: this Paddle build cannot" in half.stderr, half.stderr
+
+
 # ---- the Compare tab's evaluation (tools/evaluate.py, run as the page runs it) -------------------------------------
 def test_evaluation_is_read_back_and_refuses_foreign_files(tmp_path):
     run_dir = tmp_path / "run"
@@ -224,6 +242,25 @@ def test_evaluation_is_read_back_and_refuses_foreign_files(tmp_path):
         with pytest.raises(WorkspaceError, match=words) as refused:
             read_evaluation(run_dir)
         assert str(scores) in str(refused.value) and "press Evaluate" in str(refused.value)
+
+
+def test_the_pages_load_line_is_the_one_tools_evaluate_prints(tmp_path):
+    """ppti_webui/evaluation.py copies ppti.evaluate.load_line (the page cannot import Paddle): both forms agree."""
+    from ppti.evaluate import load_line
+    from ppti.evaluation.scores import Row
+
+    run_dir = tmp_path / "run"
+    (run_dir / "evaluation").mkdir(parents=True)
+    name = "learned_embeds-steps-2.pdparams"
+    rows = [{"step": 2, "image_similarity": 0.5, "text_similarity": 0.3, "eval_loss": 0.1, "norm": 0.4, "drift": 0.1,
+             "file": name}]
+    (run_dir / "evaluation" / "scores.json").write_text(json.dumps({"recommended_step": 2, "rows": rows}))
+    row = Row(2, 0.5, 0.3, 0.1, 0.4, 0.1, name)
+    single = load_line(run_dir, row)
+    assert read_evaluation(run_dir).load_line() == single and "text_encoder_2" not in single
+    (run_dir / "learned_embeds_2-steps-2.pdparams").write_bytes(b"")  # an SDXL run: one file per text encoder
+    pair = load_line(run_dir, row)
+    assert read_evaluation(run_dir).load_line() == pair and "learned_embeds_2-steps-2.pdparams" in pair
 
 
 def test_evaluate_runs_as_a_project_subprocess_and_its_results_are_shown(tiny_model_en, tiny_clip, tmp_path):

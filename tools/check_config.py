@@ -12,13 +12,13 @@ with. `serve` answers many questions from one process (the tokenizer stays loade
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 # Runnable as `python tools/check_config.py` from a checkout: put the repo root (holding `ppti/`) first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ppti.preflight import CheckFailed, check_config, check_placeholder  # noqa: E402
+from ppti.tool_cli import quiet_build_warnings  # noqa: E402
 
 PROG = "check_config.py"
 
@@ -71,8 +71,7 @@ def main(argv=None) -> int:
     if argv[:1] in (["-h"], ["--help"]) or not argv:
         print(__doc__)
         return 0 if argv else 2
-    warnings.filterwarnings("ignore", message="No ccache found")
-    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+    quiet_build_warnings()
     if argv == ["serve"]:
         return serve()
     code, message = answer(argv)

@@ -73,12 +73,10 @@ def main(argv=None) -> int:
         out_dir=args.output_dir, copy_best=args.copy_best, mixed_precision=args.mixed_precision)
     try:
         result = evaluate_run(settings)
-    except ModelError as exc:  # the trainer's loader names its own flag
-        print(f"{PROG}: error: {str(exc).replace('--pretrained_model_name_or_path', '--model')}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (ConfigError, DataError, EmbeddingFormatError, EvaluationError, TokenError, OSError) as exc:
+    except (ConfigError, DataError, EmbeddingFormatError, EvaluationError, ModelError, TokenError, OSError) as exc:
         lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()] or [repr(exc)]
-        print(f"{PROG}: error: {' '.join(lines)}", file=sys.stderr)
+        message = " ".join(lines).replace("--pretrained_model_name_or_path", "--model")  # (the trainer's flag name)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{'step':>8} {'image_sim':>10} {'text_sim':>10} {'eval_loss':>10} {'norm':>8} {'drift':>8}  file")
     for r in result.rows:

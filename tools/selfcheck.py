@@ -7,27 +7,24 @@ steps of a tiny model in fp32 and each half precision the device supports (one l
 Exits 0 when every check passed, 1 otherwise. Missing fp16/bf16 kernels (every CPU) are reported, not failed.
 """
 
-import argparse
 import sys
-import warnings
 from pathlib import Path
 
 # Runnable as `python tools/selfcheck.py` from a checkout: put the repo root (holding `ppti/`) first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ppti.tool_cli import quiet_build_warnings, tool_parser  # noqa: E402
+
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="selfcheck.py", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[1:]), allow_abbrev=False)
+    parser = tool_parser("selfcheck.py", __doc__)
     parser.add_argument("--nproc", type=int, default=None, metavar="N",
                         help="Also train with N ranks through paddle.distributed.launch and check that every rank "
                              "ends with bit-identical rows (GPUs: N <= visible GPUs).")
     args = parser.parse_args(argv)
     if args.nproc is not None and args.nproc < 2:
         parser.error(f"--nproc must be >= 2 (got {args.nproc})")
-    warnings.filterwarnings("ignore", message="No ccache found")
-    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+    quiet_build_warnings()
     from ppti.selfcheck import selfcheck
 
     return selfcheck(args.nproc, print_line=lambda line: print(line, flush=True))

@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ppti.tool_cli import tool_parser  # noqa: E402 (standard library only)
 from ppti_webui import venv  # noqa: E402 (standard library only)
 
 LOCAL_HOSTS = ("localhost",)
@@ -25,9 +26,7 @@ CSS = "#grid img, #generated img {min-width: 50%; object-fit: contain; image-ren
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="webui.py", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[1:]), allow_abbrev=False)
+    parser = tool_parser("webui.py", __doc__)
     parser.add_argument("--host", default="127.0.0.1",
                         help="Address to listen on (default 127.0.0.1: this machine only). Anything else lets other "
                              "machines start training and read the workspace: only on a network you trust.")
@@ -40,7 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--setup_only", action="store_true",
                         help="Create or update .venv-webui and exit (e.g. to prepare a machine).")
     parser.add_argument("--project_python", default=None, help=argparse.SUPPRESS)  # set when re-executing
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be in 1..65535 (got {args.port})")
+    return args
 
 
 def is_loopback(host: str) -> bool:

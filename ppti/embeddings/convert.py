@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .formats import (
-    LAYOUTS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, second_encoder_stem, write_embeddings,
-    write_sdxl_pair,
+    LAYOUTS, SDXL_ENCODERS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, second_encoder_path,
+    write_embeddings, write_sdxl_pair,
 )
 from .tensors import EmbeddingFormatError
 
@@ -60,7 +60,7 @@ def second_encoder_file(source: Path) -> Path | None:
     `learned_embeds_2[-steps-N].X` (text_encoder_2, clip_g) when it exists."""
     if not source.stem.startswith("learned_embeds") or source.stem.startswith("learned_embeds_"):
         return None
-    second = source.with_name(f"{second_encoder_stem(source.stem)}{source.suffix}")
+    second = second_encoder_path(source)
     return second if second.is_file() else None
 
 
@@ -132,7 +132,7 @@ def _load_calls(paths: list[Path], token: str, to: str, fmt: str, dtype: str, pa
     library = "ppdiffusers" if to == "paddle" else "diffusers"
     first = paths[0]
     webui = f"WebUI: copy {first.name} into stable-diffusion-webui/embeddings/ and write {first.stem} in the prompt"
-    encoders = (("clip_l", "text_encoder", "tokenizer"), ("clip_g", "text_encoder_2", "tokenizer_2"))
+    encoders = SDXL_ENCODERS
     if pair and len(paths) == 2:  # one file per text encoder
         return [
             f"{library}: pipe.load_textual_inversion({str(path)!r}, token={token!r}, "

@@ -279,7 +279,16 @@ def sdxl_pair_paths(path: Path, fmt: str) -> list[Path]:
     """Where `write_sdxl_pair` writes: one F5 file for webui, else `path` (clip_l) and `<stem>_2` (clip_g)."""
     if fmt == "webui":
         return [path]
-    return [path, path.with_name(f"{second_encoder_stem(path.stem)}{path.suffix}")]
+    return [path, second_encoder_path(path)]
+
+
+# An SDXL pair per text encoder, in order: (Embedding.part, the pipeline's text encoder, its tokenizer)
+SDXL_ENCODERS = (("clip_l", "text_encoder", "tokenizer"), ("clip_g", "text_encoder_2", "tokenizer_2"))
+
+
+def second_encoder_path(path: Path) -> Path:
+    """The clip_g (text_encoder_2) file next to a clip_l file: see second_encoder_stem."""
+    return path.with_name(second_encoder_stem(path.stem) + path.suffix)
 
 
 def second_encoder_stem(stem: str) -> str:

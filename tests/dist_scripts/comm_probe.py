@@ -21,7 +21,7 @@ import paddle.distributed.parallel as parallel  # noqa: E402
 
 from ppti.atomic import atomic_write_text  # noqa: E402
 from ppti.config import parse_config  # noqa: E402
-from ppti.distributed import init_distributed, unwrap  # noqa: E402
+from ppti.distributed import init_distributed  # noqa: E402
 from ppti.train import setup  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main(out_dir: str, argv: list[str]) -> None:
     ctx = init_distributed()
     seen = record_communication()
     run = setup(parse_config(argv), ctx)
-    text_encoder = unwrap(run.text_encoder)
+    text_encoder = run.conditioning  # what DataParallel wraps (run.text_encoder is the wrapper)
     parameter_names = {name for name, _ in text_encoder.named_parameters()}
     seen.update(
         wrapped=isinstance(run.text_encoder, paddle.DataParallel),
