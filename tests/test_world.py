@@ -151,6 +151,9 @@ def test_judge_grid_tool_finds_the_shape_in_a_grid(tmp_path):
     assert ok.returncode == 0 and "of 6 tiles show shape=star" in ok.stdout, ok.stderr[-2000:]
     wrong = subprocess.run(tool + ["--expect", "shape=circle"], capture_output=True, text=True)
     assert wrong.returncode == 1
+    (tmp_path / "notes.png").write_text("not an image")
+    bad = subprocess.run(tool[:2] + [str(tmp_path / "notes.png")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "notes.png: not a readable image" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_make_toy_world_is_deterministic_per_seed(tmp_path):

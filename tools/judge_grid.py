@@ -42,7 +42,15 @@ def main(argv=None) -> int:
     from ppti.world.judge import predict_names
     from ppti.world.shipped import load_world_judge
 
-    pixels = np.asarray(Image.open(args.grid).convert("RGB"))
+    try:
+        pixels = np.asarray(Image.open(args.grid).convert("RGB"))
+    except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+        print(f"error: {args.grid}: not a readable image ({exc})", file=sys.stderr)
+        return 2
+    if pixels.shape[0] < IMAGE_SIZE or pixels.shape[1] < IMAGE_SIZE:
+        print(f"error: {args.grid}: {pixels.shape[1]}x{pixels.shape[0]} px holds no {IMAGE_SIZE}x{IMAGE_SIZE} tile",
+              file=sys.stderr)
+        return 2
     rows, cols = pixels.shape[0] // IMAGE_SIZE, pixels.shape[1] // IMAGE_SIZE
     wanted_rows = [args.row] if args.row is not None else range(rows)
     tiles = [pixels[r * IMAGE_SIZE:(r + 1) * IMAGE_SIZE, c * IMAGE_SIZE:(c + 1) * IMAGE_SIZE]

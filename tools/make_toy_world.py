@@ -18,13 +18,15 @@ from ppti.world.pretrain import Recipe, make_world  # noqa: E402
 from ppti.manifest import write_manifest  # noqa: E402
 from ppti.tool_cli import tool_parser  # noqa: E402
 
+CHOICES = {"prediction_type": ("epsilon", "v_prediction")}
+
 
 def parse_args(argv=None):
     parser = tool_parser("make_toy_world.py", __doc__)
     parser.add_argument("out_dir", type=Path, help="Folder to write the world model into.")
     for f in fields(Recipe):
         if f.name != "unet_channels":
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, choices=CHOICES.get(f.name),
                                 help=f"(default {f.default})")
     return parser.parse_args(argv)
 

@@ -51,6 +51,7 @@ class Recipe:
     diffusion_batch_size: int = 32
     diffusion_learning_rate: float = 1.5e-3
     ema_decay: float = 0.999  # the saved UNet and text encoder are the exponential moving average of the weights
+    prediction_type: str = "epsilon"  # or "v_prediction": the UNet predicts v, which learns the layout faster
     snr_gamma: float = 0.0  # > 0: Min-SNR loss weighting (Hang et al. 2023), min(SNR, gamma) / SNR per example
     unet_channels: tuple = (32, 64)
     caption_dropout: float = 0.1
@@ -92,12 +93,12 @@ def build_unet(channels: tuple):
         attention_head_dim=8, norm_num_groups=32)
 
 
-def build_scheduler():
+def build_scheduler(prediction_type: str = "epsilon"):
     """SD-1.x's noise schedule; DDIM so that 25-step validation grids are clean."""
     from ppdiffusers import DDIMScheduler
 
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
 
 
 def _to_pixels(images: np.ndarray):
@@ -162,7 +163,7 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     from ppdiffusers import DDPMScheduler
     from ppdiffusers.training_utils import EMAModel, compute_snr
 
-    noise_scheduler = DDPMScheduler.from_config(build_scheduler().config)
+    noise_scheduler = DDPMScheduler.from_config(build_scheduler(recipe.prediction_type).config)
     rng = random.Random(recipe.seed + 3)
     gauss = np.random.default_rng(recipe.seed + 3)  # all the Gaussian draws, vectorised (deterministic per seed)
     mean, std = latents
@@ -185,12 +186,14 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
         ids = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pd").input_ids
         hidden = text_encoder(ids)[0]
         pred = unet(noise_scheduler.add_noise(z, noise, t), t, encoder_hidden_states=hidden).sample
+        target = noise if recipe.prediction_type == "epsilon" else noise_scheduler.get_velocity(z, noise, t)
         if recipe.snr_gamma > 0:  # less weight on the nearly clean timesteps, more on the ones that decide the layout
             snr = compute_snr(noise_scheduler, t)
-            per_example = ((pred - noise) ** 2).mean(axis=[1, 2, 3])
-            loss = (per_example * snr.clip(max=recipe.snr_gamma) / snr).mean()
+            per_example = ((pred - target) ** 2).mean(axis=[1, 2, 3])
+            weight = snr.clip(max=recipe.snr_gamma) / (snr if recipe.prediction_type == "epsilon" else snr + 1)
+            loss = (per_example * weight).mean()
         else:
-            loss = F.mse_loss(pred, noise)
+            loss = F.mse_loss(pred, target)
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
@@ -207,7 +210,7 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     text_encoder.eval()
 
 
-def save_world(out: Path, vae, text_encoder, unet) -> None:
+def save_world(out: Path, vae, text_encoder, unet, prediction_type: str) -> None:
     """Every component with its own `save_pretrained` (tokenizer already written), plus model_index.json.
 
     Weights stay float32 (about 6 MB in all): ppdiffusers loads a text encoder in its stored dtype, and Paddle's CPU
@@ -215,7 +218,7 @@ def save_world(out: Path, vae, text_encoder, unet) -> None:
     """
     for name, model in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet)):
         model.save_pretrained(str(out / name))
-    build_scheduler().save_pretrained(str(out / "scheduler"))
+    build_scheduler(prediction_type).save_pretrained(str(out / "scheduler"))
     index = _model_index("StableDiffusionPipeline", ["paddlenlp.transformers", "CLIPTextModel"],
                          ["paddlenlp.transformers", "CLIPTokenizer"])
     index["scheduler"] = ["ppdiffusers", "DDIMScheduler"]
@@ -294,7 +297,7 @@ def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) ->
     pb, step = bar("diffusion", recipe.diffusion_steps)
 
     def checkpoint(n):
-        save_world(out, vae, text_encoder, unet)
+        save_world(out, vae, text_encoder, unet, recipe.prediction_type)
         info["diffusion_steps_done"] = n
         info["seconds"] = round(time.time() - start)
         (out / "world_info.json").write_text(json.dumps(info, indent=2) + "\n")
