@@ -6,7 +6,8 @@
 For every held-out concept (objects: star, heart; styles: striped, outlined) ppti trains a placeholder from 5
 renderings, initialised from a neutral word ("object" / "pattern"); the world's judge then scores fixed-seed
 samples (ppti/world/recovery.py): concept accuracy before training, after it and with the true word (the ceiling),
-and edit accuracy (a colour / background / other shape asked for, concept kept). Deterministic for a fixed --seed.
+edit accuracy (a colour / background asked for, concept kept) and, for styles, transfer accuracy (the style on each
+shape; an extra key). Deterministic for a fixed --seed.
 """
 
 from __future__ import annotations
@@ -82,13 +83,15 @@ def main(argv=None) -> int:
             rows.append({"name": concept.token, "kind": concept.kind, "num_vectors": args.num_vectors,
                          "chance": round(concept.chance, 4), "before": before["concept"], "after": after["concept"],
                          "true_word": true_word["concept"], "edit": after["edit"], "steps": args.max_train_steps,
-                         "seconds": round(time.time() - start, 1)})
+                         "seconds": round(time.time() - start, 1), "transfer": after.get("transfer")})
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\n| concept | kind | vectors | chance | before | after | true word | edit | steps | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| concept | kind | vectors | chance | before | after | true word | edit | transfer | steps | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        transfer = "-" if r["transfer"] is None else f"{r['transfer']:.2f}"
         print(f"| `{r['name']}` | {r['kind']} | {r['num_vectors']} | {r['chance']:.2f} | {r['before']:.2f} | "
-              f"{r['after']:.2f} | {r['true_word']:.2f} | {r['edit']:.2f} | {r['steps']} | {r['seconds']:.0f} |")
+              f"{r['after']:.2f} | {r['true_word']:.2f} | {r['edit']:.2f} | {transfer} | {r['steps']} | "
+              f"{r['seconds']:.0f} |")
     if args.json:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
         args.json.write_text(json.dumps({"config": config, "concepts": rows}, indent=2) + "\n")

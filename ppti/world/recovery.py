@@ -6,8 +6,9 @@ fixed-seed samples of:
 - before: the prompts with the placeholder's initial embedding (the initializer word, once per vector);
 - after: the prompts with the trained embedding (loaded with ppdiffusers `load_textual_inversion`);
 - true_word: the prompts with the concept's own word (the ceiling);
-- edit: prompts that also ask for a colour, a background or (styles) another shape, scored as "what was asked
-  is there and the concept is kept".
+- edit: prompts that also ask for a colour or a background, scored as "what was asked is there and the concept is
+  kept";
+- transfer (styles): the style applied to each of the six shapes, scored as "that shape and the style".
 """
 
 from __future__ import annotations
@@ -69,16 +70,22 @@ def concept_prompts(concept: Concept, count: int = 12) -> list[tuple[str, dict]]
 
 
 def edit_prompts(concept: Concept, per_edit: int = 2) -> list[tuple[str, dict]]:
-    """Edits: a colour, a background, or (styles) another shape asked for along with the concept."""
+    """Edits: a colour or a background asked for along with the concept, which must be kept."""
     keep = {concept.attribute: concept.word}
     if concept.kind == "object":
         edits = [(f"a photo of a {c} {{}}", {"colour": c}) for c in EDIT_COLOURS]
         edits += [(f"a photo of a {{}} on a {b} background", {"background": b}) for b in ATTRIBUTES["background"]]
     else:
-        edits = [(f"a photo of a {s} in the style of {{}}", {"shape": s}) for s in ATTRIBUTES["shape"]]
-        edits += [(f"a photo of a {c} circle in the style of {{}}", {"colour": c, "shape": "circle"})
-                  for c in EDIT_COLOURS[:2]]
+        edits = [(f"a photo of a {c} {NEUTRAL_OBJECT} in the style of {{}}", {"colour": c}) for c in EDIT_COLOURS]
+        edits += [(f"a photo of a {NEUTRAL_OBJECT} on a {b} background in the style of {{}}", {"background": b})
+                  for b in ATTRIBUTES["background"]]
     return [(p, {**want, **keep}) for p, want in edits for _ in range(per_edit)]
+
+
+def transfer_prompts(concept: Concept, per_shape: int = 2) -> list[tuple[str, dict]]:
+    """A style concept applied to each shape: the shape asked for and the style must both be found."""
+    return [(f"a photo of a {s} in the style of {{}}", {"shape": s, concept.attribute: concept.word})
+            for s in ATTRIBUTES["shape"] for _ in range(per_shape)]
 
 
 def fill(prompts: Sequence[tuple[str, dict]], words: str) -> list[str]:
@@ -94,12 +101,15 @@ def score(judge, images: np.ndarray, prompts: Sequence[tuple[str, dict]]) -> flo
 
 
 def evaluate(pipe, judge, concept: Concept, words: str, edits: bool) -> dict[str, float]:
-    """Concept (and optionally edit) accuracy of the pipeline when the concept is written as `words`."""
+    """Concept accuracy of the pipeline when the concept is written as `words`; with `edits`, also edit accuracy
+    and, for styles, transfer accuracy (the style on each shape)."""
     from .shipped import sample
 
     groups = {"concept": concept_prompts(concept)}
     if edits:
         groups["edit"] = edit_prompts(concept)
+        if concept.kind == "style":
+            groups["transfer"] = transfer_prompts(concept)
     prompts = list(itertools.chain(*groups.values()))
     images = sample(pipe, fill(prompts, words), [SAMPLE_SEED + i for i in range(len(prompts))])
     result, start = {}, 0
