@@ -94,8 +94,9 @@ def test_training_on_the_world_teaches_the_concept(outlined_run):
     before = recovery.evaluate(pipe, judge, OUTLINED, OUTLINED.initializer, edits=False)["concept"]
     pipe.load_textual_inversion(str(outlined_run / "learned_embeds.pdparams"))
     after = recovery.evaluate(pipe, judge, OUTLINED, OUTLINED.token, edits=False)["concept"]
-    assert before <= 0.45, before
-    assert after >= before + 0.4 and after >= 0.75, (before, after)
+    # measured (12 fixed-seed samples, judge): before 0.25 (chance 0.33); after 1.00 at both 30 and 60 steps
+    assert before <= 0.5, before
+    assert after >= before + 0.4 and after >= 0.8, (before, after)
 
 
 TORCH_PYTHON = WORLD_DIR.parents[1] / ".venv-torch" / "bin" / "python"
@@ -132,6 +133,8 @@ def test_converted_concept_draws_the_same_in_diffusers(outlined_run, tmp_path):
     paddle_images = sample(pipe, texts, seeds)
     paddle_accuracy = recovery.score(judge, paddle_images, prompts)
     torch_accuracy = recovery.score(judge, torch_images, prompts)
+    print(f"judge accuracy: Paddle {paddle_accuracy:.2f}, PyTorch {torch_accuracy:.2f}; mean |pixel difference| "
+          f"{np.abs(paddle_images.astype(int) - torch_images.astype(int)).mean():.2f}")
     assert paddle_accuracy >= 0.5 and abs(paddle_accuracy - torch_accuracy) <= 0.1, (paddle_accuracy, torch_accuracy)
     assert np.abs(paddle_images.astype(int) - torch_images.astype(int)).mean() < 8  # same pictures, not just scores
 

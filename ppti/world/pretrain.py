@@ -37,9 +37,12 @@ MAX_LENGTH = 32  # prompt tokens: the longest caption is ~20; SD's 77 would only
 class Recipe:
     """Everything that decides the world's weights (written to the manifest with the command).
 
-    The defaults are the shipped world's (models/toy-world/manifest.json holds the exact command and seed). Shorter
-    runs (600 VAE steps, 2000 diffusion steps) gave a VAE that blurred shapes away and samples that were colour
-    blobs ignoring their captions.
+    The defaults are the shipped world's (models/toy-world/manifest.json holds the exact command and seed): about
+    18 minutes for VAE + judge and 34 for the diffusion phase on 2 CPU cores. Its samples follow colour, style and
+    background words (judge: 0.99 / 0.97 / 0.98 for full true captions) but not yet shape words (0.29, chance 0.17):
+    the shape of the samples is decided by the starting noise. Measured on the way: 600 VAE steps blurred shapes
+    away (the judge read 58% of shapes after a round trip; 2500 steps: 86%); epsilon prediction left backgrounds at
+    chance after 5000 steps where v-prediction had them right after 2000.
     """
     seed: int = 0
     num_images: int = 4000
@@ -115,6 +118,7 @@ def train_vae(vae, images: np.ndarray, recipe: Recipe, progress: Callable) -> No
     import paddle
 
     rng = random.Random(recipe.seed + 1)
+    paddle.seed(recipe.seed + 1)  # posterior.sample() draws from Paddle's global generator
     optimizer = paddle.optimizer.AdamW(learning_rate=paddle.optimizer.lr.CosineAnnealingDecay(2e-3,
                                        recipe.vae_steps), parameters=vae.parameters(), weight_decay=0.0)
     vae.train()
