@@ -60,8 +60,8 @@ def train_judge(images: np.ndarray, attrs: Sequence[Attributes], steps: int, see
     rng = random.Random(seed)
     judge = _layers()
     truth = labels(attrs)
-    optimizer = paddle.optimizer.Adam(learning_rate=paddle.optimizer.lr.CosineAnnealingDecay(3e-3, steps),
-                                      parameters=judge.parameters())
+    schedule = paddle.optimizer.lr.CosineAnnealingDecay(3e-3, steps)
+    optimizer = paddle.optimizer.Adam(learning_rate=schedule, parameters=judge.parameters())
     judge.train()
     for _ in range(steps):
         idx = np.array(rng.sample(range(len(images)), batch_size))
@@ -70,7 +70,7 @@ def train_judge(images: np.ndarray, attrs: Sequence[Attributes], steps: int, see
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
-        optimizer._learning_rate.step()
+        schedule.step()
         if progress is not None:
             progress(float(loss))
     judge.eval()

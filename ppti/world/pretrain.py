@@ -103,12 +103,6 @@ def build_scheduler(prediction_type: str = "epsilon"):
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
 
 
-def _to_pixels(images: np.ndarray):
-    import paddle
-
-    return paddle.to_tensor(images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
-
-
 def _from_pixels(x) -> np.ndarray:
     return ((x.clip(-1, 1).numpy().transpose(0, 2, 3, 1) + 1) * 127.5).round().astype(np.uint8)
 
@@ -119,11 +113,11 @@ def train_vae(vae, images: np.ndarray, recipe: Recipe, progress: Callable) -> No
 
     rng = random.Random(recipe.seed + 1)
     paddle.seed(recipe.seed + 1)  # posterior.sample() draws from Paddle's global generator
-    optimizer = paddle.optimizer.AdamW(learning_rate=paddle.optimizer.lr.CosineAnnealingDecay(2e-3,
-                                       recipe.vae_steps), parameters=vae.parameters(), weight_decay=0.0)
+    schedule = paddle.optimizer.lr.CosineAnnealingDecay(2e-3, recipe.vae_steps)
+    optimizer = paddle.optimizer.AdamW(learning_rate=schedule, parameters=vae.parameters(), weight_decay=0.0)
     vae.train()
     for _ in range(recipe.vae_steps):
-        x = _to_pixels(images[rng.sample(range(len(images)), recipe.vae_batch_size)])
+        x = judge_lib.to_tensor(images[rng.sample(range(len(images)), recipe.vae_batch_size)])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         error = recon - x
@@ -131,7 +125,7 @@ def train_vae(vae, images: np.ndarray, recipe: Recipe, progress: Callable) -> No
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
-        optimizer._learning_rate.step()
+        schedule.step()
         progress(float(loss))
     vae.eval()
 
@@ -143,18 +137,20 @@ def encode(vae, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, 
     means, stds = [], []
     with paddle.no_grad():
         for start in range(0, len(images), batch_size):
-            dist = vae.encode(_to_pixels(images[start:start + batch_size])).latent_dist
+            dist = vae.encode(judge_lib.to_tensor(images[start:start + batch_size])).latent_dist
             means.append(dist.mean.numpy())
             stds.append(dist.std.numpy())
     return np.concatenate(means), np.concatenate(stds)
 
 
-def reconstruct(vae, images: np.ndarray) -> np.ndarray:
+def reconstruct(vae, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
     """VAE round trip of uint8 images (posterior mean), uint8 out."""
     import paddle
 
     with paddle.no_grad():
-        return _from_pixels(vae.decode(vae.encode(_to_pixels(images)).latent_dist.mean).sample)
+        return np.concatenate([
+            _from_pixels(vae.decode(vae.encode(judge_lib.to_tensor(images[i:i + batch_size])).latent_dist.mean).sample)
+            for i in range(0, len(images), batch_size)])
 
 
 def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, scaling: float, recipe: Recipe,
@@ -246,7 +242,8 @@ def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) ->
     # VAE + judge of an earlier run with the same fields that decide them: the diffusion phase can restart alone
     stage = out.with_name(out.name + ".stage")
     stage_key = json.dumps({k: getattr(recipe, k) for k in STAGE_FIELDS}, sort_keys=True)
-    if (stage / "key.json").exists() and (stage / "key.json").read_text() == stage_key:
+    reuse_stage = (stage / "key.json").exists() and (stage / "key.json").read_text() == stage_key
+    if reuse_stage:
         from ppdiffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(str(stage / "vae"))
@@ -262,12 +259,12 @@ def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) ->
         mean, std = encode(vae, images)
         scaling = float(1.0 / mean.std())
         vae.register_to_config(scaling_factor=scaling)
-    recon = reconstruct(vae, held_images[:256])
-    info["vae_reconstruction_mse"] = float(((recon / 127.5 - held_images[:256] / 127.5) ** 2).mean())
+    held_recon = reconstruct(vae, held_images)
+    info["vae_reconstruction_mse"] = float(((held_recon[:256] / 127.5 - held_images[:256] / 127.5) ** 2).mean())
     info["vae_scaling_factor"] = scaling
     log(f"vae done at {time.time() - start:.0f}s: {info['vae_reconstruction_mse']=:.5f} scaling={scaling:.4f}")
 
-    if (stage / "key.json").exists() and (stage / "key.json").read_text() == stage_key:
+    if reuse_stage:
         judge = judge_lib.load_judge(stage / "judge")
     else:
         pb, step = bar("judge", recipe.judge_steps)
@@ -278,8 +275,7 @@ def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) ->
         (stage / "key.json").write_text(stage_key)
     judge_lib.save_judge(judge, out / "judge")
     info["judge_heldout_accuracy"] = judge_lib.accuracy(judge, held_images, held_attrs)
-    info["judge_heldout_reconstructed_accuracy"] = judge_lib.accuracy(
-        judge, np.concatenate([reconstruct(vae, held_images[i:i + 250]) for i in range(0, 1000, 250)]), held_attrs)
+    info["judge_heldout_reconstructed_accuracy"] = judge_lib.accuracy(judge, held_recon, held_attrs)
     log(f"judge done at {time.time() - start:.0f}s: {info['judge_heldout_accuracy']} "
         f"(reconstructed: {info['judge_heldout_reconstructed_accuracy']})")
 
@@ -327,6 +323,6 @@ def judge_world_samples(out: Path, judge, seed: int, count: int = 96) -> dict[st
 def train_judge_on_world(images, attrs, vae, recipe: Recipe, progress):
     """The judge sees clean renderings and VAE reconstructions (what the world model's samples look like)."""
     count = min(len(images), recipe.judge_reconstructions)
-    recon = np.concatenate([reconstruct(vae, images[i:min(i + 250, count)]) for i in range(0, count, 250)])
+    recon = reconstruct(vae, images[:count])
     return judge_lib.train_judge(np.concatenate([images, recon]), list(attrs) + list(attrs[:count]),
                                  recipe.judge_steps, recipe.seed + 2, progress=progress)
