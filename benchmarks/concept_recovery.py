@@ -45,11 +45,10 @@ def parse_args(argv=None):
     return args
 
 
-def train_concept(args, concept, data_dir: Path, out_dir: Path) -> float:
-    """ppti's own entry point, in this process; returns the wall time in seconds."""
+def train_concept(args, concept, data_dir: Path, out_dir: Path) -> None:
+    """ppti's own entry point, in this process."""
     from ppti.cli import main as ppti_main
 
-    start = time.time()
     code = ppti_main([
         "--pretrained_model_name_or_path", str(args.world), "--train_data_dir", str(data_dir),
         "--output_dir", str(out_dir), "--placeholder_token", concept.token, "--initializer_token",
@@ -60,7 +59,6 @@ def train_concept(args, concept, data_dir: Path, out_dir: Path) -> float:
         "--save_steps", str(args.max_train_steps)])
     if code != 0:
         raise SystemExit(f"training {concept.token} failed (exit code {code})")
-    return time.time() - start
 
 
 def main(argv=None) -> int:
