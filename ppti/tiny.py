@@ -178,25 +178,25 @@ def write_clip_tokenizer(folder: Path, words=ENGLISH_WORDS, model_max_length: in
 # ------------------------------------------------------------------------------------------- zh: BERT vocab.txt
 
 
-def _bert_vocab() -> list[str]:
+def _bert_vocab(extra_chars: str = "") -> list[str]:
     """bert-base-chinese's layout ([PAD]=0, [unused1-99], [UNK]=100, [CLS], [SEP], [MASK]) over a small vocab."""
     specials = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     ascii_chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]  # the tokenizer lower-cases first
-    chinese = sorted(set(CHINESE_CHARS)) + list(CHINESE_PUNCTUATION)
+    chinese = sorted(set(CHINESE_CHARS)) + list(CHINESE_PUNCTUATION) + sorted(set(extra_chars) - set(CHINESE_CHARS))
     # "##x" continuations let any lower-case English word split into wordpieces instead of [UNK].
     pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"] + ["##s", "##ing", "##ed", "##er"]
     vocab = specials + ascii_chars + chinese + sorted(set(ENGLISH_WORDS)) + pieces
     return list(dict.fromkeys(vocab))  # "a", "##s"... appear twice; keep first occurrence, stable order
 
 
-def _write_bert_tokenizer(folder: Path) -> int:
+def _write_bert_tokenizer(folder: Path, extra_chars: str = "", model_max_length: int = 512) -> int:
     """vocab.txt and the configs Taiyi-Stable-Diffusion-1B-Chinese-v0.1's tokenizer folder has; returns size."""
-    vocab = _bert_vocab()
+    vocab = _bert_vocab(extra_chars)
     (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
     specials = {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]", "sep_token": "[SEP]",
                 "unk_token": "[UNK]"}
     _write_json(folder / "tokenizer_config.json", {
-        **specials, "do_basic_tokenize": True, "do_lower_case": True, "model_max_length": 512,
+        **specials, "do_basic_tokenize": True, "do_lower_case": True, "model_max_length": model_max_length,
         "never_split": None, "strip_accents": None, "tokenize_chinese_chars": True,
         "tokenizer_class": "BertTokenizer",
     })

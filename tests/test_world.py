@@ -37,6 +37,28 @@ def test_renderer_is_deterministic_and_captions_say_what_is_drawn():
         assert named in ([], [a.colour])  # a caption never names a wrong colour
 
 
+def test_caption_pairs_say_the_same_thing_in_both_languages():
+    from ppti.world.render import BACKGROUNDS, COLOURS, SHAPES, TEXTURES, caption_pair
+
+    rng = __import__("random").Random(2)
+    _, attrs = render_batch(5, 200)
+    seen_shape = seen_neutral = 0
+    for a in attrs:
+        en, zh = caption_pair(a, rng)
+        assert (a.colour in en.split()) == (COLOURS[a.colour][1] in zh), (en, zh)
+        assert (f"{a.background} background" in en) == (f"{BACKGROUNDS[a.background][1]}背景" in zh), (en, zh)
+        if a.shape in en.split():
+            assert SHAPES[a.shape] in zh, (en, zh)
+            seen_shape += 1
+        if "object" in en.split():
+            assert "物体" in zh and SHAPES[a.shape] not in zh, (en, zh)
+            seen_neutral += 1
+        if "style of" in en:
+            assert "风格" in zh or "画风" in zh, (en, zh)
+        assert (a.texture in en.split()) == (TEXTURES[a.texture] in zh), (en, zh)
+    assert seen_shape > 80 and seen_neutral > 10
+
+
 def test_concept_images_hold_the_concept():
     rng = __import__("random").Random(1)
     assert {sample_attributes(rng, shape="heart").shape for _ in range(5)} == {"heart"}
@@ -97,6 +119,58 @@ def test_training_on_the_world_teaches_the_concept(outlined_run):
     # measured (12 fixed-seed samples, judge): before 0.25 (chance 0.33); after 1.00 at both 30 and 60 steps
     assert before <= 0.5, before
     assert after >= before + 0.4 and after >= 0.8, (before, after)
+
+
+ZH_WORLD = WORLD_DIR.with_name("toy-world-zh")
+
+
+@pytest.mark.skipif(not (ZH_WORLD / "manifest.json").is_file(), reason="no Chinese toy world in models/toy-world-zh")
+def test_chinese_world_draws_chinese_captions_as_the_english_world_draws_english_ones():
+    """models/toy-world-zh (Taiyi's layout: BertModel + BertTokenizer, distilled from the English world, whose UNet
+    and VAE it links) loads with ppdiffusers and draws full Chinese captions as the English world draws their
+    English twins, from the same seeds."""
+    from ppti.world.judge import accuracy
+    from ppti.world.render import caption_zh, full_caption
+    from ppti.world.shipped import sample
+
+    pipe_zh, judge = load_pipeline(ZH_WORLD), load_world_judge()
+    assert type(pipe_zh.text_encoder).__name__ == "BertModel" and (ZH_WORLD / "unet").is_dir()
+    rng = __import__("random").Random(31)
+    attrs = [sample_attributes(rng) for _ in range(24)]
+    seeds = list(range(5000, 5024))
+    zh = accuracy(judge, sample(pipe_zh, [caption_zh(a) for a in attrs], seeds), attrs)
+    en = accuracy(judge, sample(load_pipeline(), [full_caption(a) for a in attrs], seeds), attrs)
+    print(f"judge accuracy, Chinese world: {zh}; English world: {en}")
+    # measured (24 samples): Chinese shape 0.25, colour 1.0, style 1.0, background 1.0; English 0.25, 1.0, 0.96, 1.0
+    for name in ("colour", "texture", "background", "shape"):
+        assert zh[name] >= en[name] - 0.2, (name, zh, en)
+    assert zh["colour"] >= 0.7 and zh["background"] >= 0.7, zh
+
+
+@pytest.mark.skipif(not (ZH_WORLD / "manifest.json").is_file(), reason="no Chinese toy world in models/toy-world-zh")
+def test_training_on_the_chinese_world_teaches_a_style(tmp_path):
+    """ppti on the Chinese world (Taiyi's layout, so Chinese templates): <空心风格> from 5 renderings of outlined
+    shapes, initialised from 图案 ("pattern"); the judge finds 空心 (outlined) in clearly more samples of
+    一幅<空心风格>风格的画 than before training."""
+    from ppti.world.shipped import sample
+
+    data = recovery.write_concept_images(OUTLINED, tmp_path / "data")
+    out = tmp_path / "out"
+    proc = run_entry(["--pretrained_model_name_or_path", str(ZH_WORLD), "--train_data_dir", str(data),
+                      "--output_dir", str(out), "--placeholder_token", "<空心风格>", "--initializer_token", "图案",
+                      "--learnable_property", "style", "--resolution", "32", "--train_batch_size", "4",
+                      "--max_train_steps", "60", "--learning_rate", "5e-3", "--repeats", "20", "--seed", "0",
+                      "--report_to", "none", "--lr_warmup_steps", "0"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pipe, judge = load_pipeline(ZH_WORLD), load_world_judge()
+    prompts = [("一幅{}风格的画", {"texture": "outlined"})] * 12
+    seeds = [recovery.SAMPLE_SEED + i for i in range(12)]
+    before = recovery.score(judge, sample(pipe, recovery.fill(prompts, "图案"), seeds), prompts)
+    pipe.load_textual_inversion(str(out / "learned_embeds.pdparams"))
+    after = recovery.score(judge, sample(pipe, recovery.fill(prompts, "<空心风格>"), seeds), prompts)
+    print(f"Chinese world, outlined style: before {before:.2f}, after {after:.2f}")
+    # measured (12 fixed-seed samples): before 0.25 (chance 0.33), after 1.00
+    assert before <= 0.5 and after >= before + 0.4 and after >= 0.8, (before, after)
 
 
 TORCH_PYTHON = WORLD_DIR.parents[1] / ".venv-torch" / "bin" / "python"
@@ -168,8 +242,8 @@ def test_make_toy_world_is_deterministic_per_seed(tmp_path):
     tiny = ["--num_images", "64", "--vae_steps", "3", "--judge_steps", "3", "--judge_reconstructions", "16",
             "--diffusion_steps", "3", "--judge_samples", "2"]
 
-    def build(name, seed):
-        proc = subprocess.run([sys.executable, tool, str(tmp_path / name), "--seed", str(seed), *tiny],
+    def build(name, seed, extra=()):
+        proc = subprocess.run([sys.executable, tool, str(tmp_path / name), "--seed", str(seed), *tiny, *extra],
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         verify_manifest(tmp_path / name)
@@ -181,3 +255,12 @@ def test_make_toy_world_is_deterministic_per_seed(tmp_path):
     assert first == again
     unet_weights = "unet/diffusion_paddle_model.safetensors"
     assert unet_weights in first and first[unet_weights] != other[unet_weights]
+
+    # the Chinese world: BERT distilled from world "a"; the shared files are links into it, hashed through them
+    zh = ["--language", "zh", "--english_world", str(tmp_path / "a"), "--distill_steps", "3"]
+    zh_first, zh_again = build("zh1", 0, zh), build("zh2", 0, zh)
+    assert zh_first == zh_again
+    assert zh_first[unet_weights] == first[unet_weights] and (tmp_path / "zh1" / unet_weights).is_symlink()
+    assert zh_first["text_encoder/model_state.pdparams"] != first["text_encoder/model_state.pdparams"]
+    index = json.loads((tmp_path / "zh1" / "model_index.json").read_text())
+    assert index["text_encoder"][1] == "BertModel" and index["tokenizer"][1] == "BertTokenizer"

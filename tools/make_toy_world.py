@@ -3,6 +3,11 @@ Stable Diffusion layout, with a sha256 manifest (command and seed included). Bui
 
     python tools/make_toy_world.py models/toy-world --seed 0
 
+and the Chinese world (Taiyi's layout: BERT text encoder distilled from the English world, whose UNet, VAE and judge
+it links) with:
+
+    python tools/make_toy_world.py models/toy-world-zh --language zh --seed 0
+
 The model folder is saved every --checkpoint_every diffusion steps, so an interrupted build leaves a usable model.
 """
 
@@ -14,27 +19,57 @@ from pathlib import Path
 # Runnable as `python tools/make_toy_world.py` from a checkout: put the repo root (holding `ppti/`) first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ppti.world.chinese import make_world_zh  # noqa: E402
 from ppti.world.pretrain import Recipe, make_world  # noqa: E402
 from ppti.manifest import write_manifest  # noqa: E402
 from ppti.tool_cli import tool_parser  # noqa: E402
 
-CHOICES = {"prediction_type": ("epsilon", "v_prediction")}
+CHOICES = {"prediction_type": ("epsilon", "v_prediction"), "noise_schedule": ("sd", "linear"), "language": ("en", "zh")}
+
+
+def _channels(text: str) -> tuple:
+    """--unet_channels 32,64,64: one UNet level per number."""
+    return tuple(int(c) for c in text.split(","))
+
+
+def _show(default) -> str:
+    return ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+
+
+def _flag_type(default):
+    """argparse type for a Recipe field: bool fields read true/false (bool("false") would be True)."""
+    def true_or_false(text: str) -> bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(text)
+        return text.lower() == "true"
+
+    if isinstance(default, tuple):
+        return _channels
+    return true_or_false if isinstance(default, bool) else type(default)
 
 
 def parse_args(argv=None):
     parser = tool_parser("make_toy_world.py", __doc__)
     parser.add_argument("out_dir", type=Path, help="Folder to write the world model into.")
+    parser.add_argument("--stage_dir", type=Path, default=None,
+                        help="Where the VAE and judge are kept for reuse (default OUT_DIR.stage); the Chinese world "
+                             "reuses the English one's: --stage_dir models/toy-world.stage")
+    parser.add_argument("--english_world", type=Path, default=Path("models/toy-world"),
+                        help="--language zh: the English world whose UNet, VAE and judge the Chinese one shares "
+                             "(built with the same --seed)")
     for f in fields(Recipe):
-        if f.name != "unet_channels":
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, choices=CHOICES.get(f.name),
-                                help=f"(default {f.default})")
+        parser.add_argument(f"--{f.name}", type=_flag_type(f.default), default=f.default, choices=CHOICES.get(f.name),
+                            help=f"(default {_show(f.default)})")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe) if f.name != "unet_channels"})
-    info = make_world(args.out_dir, recipe)
+    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
+    if recipe.language == "zh":
+        make_world_zh(args.out_dir, args.english_world, recipe)
+    else:
+        make_world(args.out_dir, recipe, stage=args.stage_dir)
     command = "python tools/make_toy_world.py " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
     manifest = write_manifest(args.out_dir, command=command, seed=recipe.seed)
     print(f"wrote the toy world to {args.out_dir} ({manifest['total_bytes']:,} bytes of weights)")

@@ -5,15 +5,17 @@ Phases (each returns ready objects to the next):
   2. AutoencoderKL for reconstruction (32x32 RGB <-> 8x8x4 latents); the latent scaling factor is measured;
   3. the judge (`judge.py`) on renderings and their VAE reconstructions;
   4. a CLIP text encoder (fresh, over a real BPE vocabulary holding every world word) and a UNet2DConditionModel,
-     trained jointly with the DDPM epsilon objective on (latent, random true caption), 10% empty captions so that
-     classifier-free guidance works;
+     trained jointly (or the UNet alone, `train_text_encoder=False`) with SD's objective on (latent, random true
+     caption), 10% empty captions so that classifier-free guidance works;
   5. `save_pretrained` of every component + model_index.json, so ppdiffusers `StableDiffusionPipeline
      .from_pretrained` loads the folder like any SD-1.x model; then `shipped.write_manifest` hashes every file.
 The pipeline is saved every `checkpoint_every` diffusion steps, so a long run leaves a usable model early.
+The Chinese world (`chinese.py`) is distilled from a finished English one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -23,9 +25,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..tiny import ENGLISH_WORDS, _model_index, _reproducible, _write_json, write_clip_tokenizer
+from ..tiny import _FAMILIES, ENGLISH_WORDS, _model_index, _reproducible, _write_bert_tokenizer, _write_json, \
+    write_clip_tokenizer
 from . import judge as judge_lib
-from .render import WORDS, caption, render_batch
+from .render import WORDS, WORLD_CHARS_ZH, caption, caption_zh, full_caption, render_batch
 
 TEXT_WIDTH = 64
 LATENT_SIZE = 8
@@ -43,8 +46,16 @@ class Recipe:
     the shape of the samples is decided by the starting noise. Measured on the way: 600 VAE steps blurred shapes
     away (the judge read 58% of shapes after a round trip; 2500 steps: 86%); epsilon prediction left backgrounds at
     chance after 5000 steps where v-prediction had them right after 2000.
+
+    The other switches are what was tried for shape words, none enough yet (judge on world samples for full true
+    captions, chance 0.17): a frozen text encoder (trained jointly, it can collapse words: "circle" and "star" ended
+    0.003 apart in one 1000-step run, 0.14 when fresh), DDPM's linear betas (`noise_schedule="linear"`: SD's leave
+    0.5% of the image in the last noise step, and 8x8x8 latents let a model read the shape there instead of in the
+    prompt), the prompt pooled into the time embedding (`text_in_time_embedding`: shape 0.31 after 6000 steps with
+    shapes near the centre), a third UNet level (`unet_channels=(32, 64, 64)`: none after 2000 steps).
     """
     seed: int = 0
+    language: str = "en"  # "en": CLIP + BPE tokenizer, UNet trained; "zh": BERT in Taiyi's layout (chinese.py)
     num_images: int = 4000
     vae_steps: int = 2500
     vae_batch_size: int = 16
@@ -55,10 +66,14 @@ class Recipe:
     diffusion_learning_rate: float = 1.5e-3
     ema_decay: float = 0.999  # the saved UNet and text encoder are the exponential moving average of the weights
     prediction_type: str = "v_prediction"  # epsilon left backgrounds at chance after 5000 steps, v: 2000
+    noise_schedule: str = "sd"  # "sd": SD-1.x's scaled_linear betas; "linear": DDPM's 1e-4..0.02
+    text_in_time_embedding: bool = False  # also pool the prompt into the time embedding (addition_embed_type="text")
+    train_text_encoder: bool = True  # False: the text encoder stays at its seeded random init (SD keeps CLIP frozen)
     unet_channels: tuple = (32, 64)
     caption_dropout: float = 0.1
     checkpoint_every: int = 1000
     judge_samples: int = 96  # world samples (true full captions) the judge reads after training, for the report
+    distill_steps: int = 1500  # language "zh": steps distilling the Chinese BERT from the English world (chinese.py)
 
 
 STAGE_FIELDS = ("seed", "num_images", "vae_steps", "vae_batch_size", "judge_steps", "judge_reconstructions")
@@ -75,32 +90,56 @@ def build_vae():
                          layers_per_block=1, latent_channels=LATENT_CHANNELS, norm_num_groups=8, sample_size=32)
 
 
-def build_text_encoder(vocab_size: int):
-    from ppdiffusers.transformers import CLIPTextConfig, CLIPTextModel
+def write_tokenizer(folder: Path, language: str):
+    """The world's tokenizer files in `folder` (every world word one token; 32 positions), loaded back."""
+    from ppdiffusers.transformers import BertTokenizer, CLIPTokenizer
 
+    folder.mkdir(parents=True, exist_ok=True)
+    if language == "en":
+        write_clip_tokenizer(folder, sorted({*ENGLISH_WORDS, *WORDS}), MAX_LENGTH)
+        return CLIPTokenizer.from_pretrained(str(folder))
+    _write_bert_tokenizer(folder, extra_chars=WORLD_CHARS_ZH, model_max_length=MAX_LENGTH)
+    return BertTokenizer.from_pretrained(str(folder))
+
+
+def build_text_encoder(vocab_size: int, language: str = "en"):
+    from ppdiffusers.transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
+
+    if language == "zh":  # Taiyi's family: BERT (its real config conventions, 32 positions here)
+        return BertModel(BertConfig(vocab_size=vocab_size, hidden_size=TEXT_WIDTH, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=4 * TEXT_WIDTH,
+                                    max_position_embeddings=MAX_LENGTH, pad_token_id=0))
     return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=TEXT_WIDTH, num_hidden_layers=2,
                                         num_attention_heads=4, intermediate_size=4 * TEXT_WIDTH,
                                         max_position_embeddings=MAX_LENGTH, projection_dim=TEXT_WIDTH, bos_token_id=0,
                                         eos_token_id=2, pad_token_id=1))
 
 
-def build_unet(channels: tuple):
-    """Text enters by cross-attention at 4x4 (down, mid, up): it says *what* to draw, the 8x8 convolutions draw it.
-    (Attention at 8x8 too tripled the step time on CPU.)"""
+def build_unet(channels: tuple, text_in_time_embedding: bool = False):
+    """One level per entry of `channels` from 8x8 down (8x8, 4x4[, 2x2]); text enters by cross-attention below 8x8
+    (down, mid, up): it says *what* to draw, the 8x8 convolutions draw it. (Attention at 8x8 too doubled the step
+    time on CPU.)"""
     from ppdiffusers import UNet2DConditionModel
 
+    levels = len(channels)
     return UNet2DConditionModel(
-        sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1, block_out_channels=channels,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_WIDTH,
-        attention_head_dim=8, norm_num_groups=32)
+        sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
+        block_out_channels=channels, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",), cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8, norm_num_groups=32,
+        **(dict(addition_embed_type="text", addition_embed_type_num_heads=4) if text_in_time_embedding else {}))
 
 
-def build_scheduler(prediction_type: str = "epsilon"):
-    """SD-1.x's noise schedule; DDIM so that 25-step validation grids are clean."""
+NOISE_SCHEDULES = {"sd": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+                   "linear": dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")}
+
+
+def build_scheduler(prediction_type: str = "epsilon", noise_schedule: str = "sd"):
+    """DDIM (25-step validation grids are clean) over SD-1.x's betas or DDPM's linear ones."""
     from ppdiffusers import DDIMScheduler
 
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    return DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                         prediction_type=prediction_type, **NOISE_SCHEDULES[noise_schedule])
 
 
 def _from_pixels(x) -> np.ndarray:
@@ -162,11 +201,11 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     from ppdiffusers import DDPMScheduler
     from ppdiffusers.training_utils import EMAModel
 
-    noise_scheduler = DDPMScheduler.from_config(build_scheduler(recipe.prediction_type).config)
+    noise_scheduler = DDPMScheduler.from_config(build_scheduler(recipe.prediction_type, recipe.noise_schedule).config)
     rng = random.Random(recipe.seed + 3)
     gauss = np.random.default_rng(recipe.seed + 3)  # all the Gaussian draws, vectorised (deterministic per seed)
     mean, std = latents
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if recipe.train_text_encoder else [])
     # AdamW keys its moments by parameter name: two parameters with one name would share (or clash over) moments
     assert len({p.name for p in params}) == len(params), "UNet and text encoder parameter names collide"
     ema = EMAModel(params, decay=recipe.ema_decay)  # decay warmed up as (1+n)/(10+n)
@@ -176,7 +215,7 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     optimizer = paddle.optimizer.AdamW(learning_rate=schedule, parameters=params, weight_decay=0.01,
                                        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
     unet.train()
-    text_encoder.train()
+    text_encoder.train() if recipe.train_text_encoder else text_encoder.eval()
     for step in range(1, recipe.diffusion_steps + 1):
         idx = rng.sample(range(len(mean)), recipe.diffusion_batch_size)
         texts = ["" if rng.random() < recipe.caption_dropout else caption(attrs[i], rng) for i in idx]
@@ -185,7 +224,8 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
         noise = paddle.to_tensor(gauss.standard_normal(mean[idx].shape).astype(np.float32))
         t = paddle.to_tensor(gauss.integers(0, noise_scheduler.config.num_train_timesteps, len(idx)), "int64")
         ids = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pd").input_ids
-        hidden = text_encoder(ids)[0]
+        with paddle.set_grad_enabled(recipe.train_text_encoder):
+            hidden = text_encoder(ids)[0]
         pred = unet(noise_scheduler.add_noise(z, noise, t), t, encoder_hidden_states=hidden).sample
         target = noise if recipe.prediction_type == "epsilon" else noise_scheduler.get_velocity(z, noise, t)
         loss = F.mse_loss(pred, target)
@@ -205,27 +245,29 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     text_encoder.eval()
 
 
-def save_world(out: Path, vae, text_encoder, unet, prediction_type: str) -> None:
-    """Every component with its own `save_pretrained` (tokenizer already written), plus model_index.json.
+def save_world(out: Path, recipe: Recipe, models: dict, scheduler: bool = True) -> None:
+    """Every model of `models` ({"vae": ..., "unet": ...}) with its own `save_pretrained` (tokenizer already
+    written), the scheduler unless `scheduler` is False (the Chinese world links the English one's), model_index.json.
 
     Weights stay float32 (about 6 MB in all): ppdiffusers loads a text encoder in its stored dtype, and Paddle's CPU
     kernels lack float16 versions of ops the trainer needs.
     """
-    for name, model in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet)):
+    for name, model in models.items():
         model.save_pretrained(str(out / name))
-    build_scheduler(prediction_type).save_pretrained(str(out / "scheduler"))
-    index = _model_index("StableDiffusionPipeline", ["paddlenlp.transformers", "CLIPTextModel"],
-                         ["paddlenlp.transformers", "CLIPTokenizer"])
+    if scheduler:
+        build_scheduler(recipe.prediction_type, recipe.noise_schedule).save_pretrained(str(out / "scheduler"))
+    index = _model_index(*_FAMILIES[recipe.language][1:])  # Taiyi's classes for "zh"
     index["scheduler"] = ["ppdiffusers", "DDIMScheduler"]
     _write_json(out / "model_index.json", index)
 
 
-def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) -> dict:
-    """Pretrain the whole world into `out`; returns the measured numbers (also written to out/world_info.json)."""
+def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print, stage: Path | None = None) -> dict:
+    """Pretrain the whole world into `out`; returns the measured numbers (also written to out/world_info.json).
+
+    `stage` (default `<out>.stage`) keeps the VAE and judge, reused by any later build whose recipe and renderer
+    decide them the same way (the English and Chinese worlds share them)."""
     import paddle
     from tqdm import tqdm
-
-    from ppdiffusers.transformers import CLIPTokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     info: dict = {"recipe": asdict(recipe)}
@@ -240,8 +282,9 @@ def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) ->
     log(f"rendered {len(images)} training images in {time.time() - start:.0f}s")
 
     # VAE + judge of an earlier run with the same fields that decide them: the diffusion phase can restart alone
-    stage = out.with_name(out.name + ".stage")
-    stage_key = json.dumps({k: getattr(recipe, k) for k in STAGE_FIELDS}, sort_keys=True)
+    stage = Path(stage) if stage else out.with_name(out.name + ".stage")
+    stage_key = json.dumps({**{k: getattr(recipe, k) for k in STAGE_FIELDS},  # + the renderer's pixels
+                            "images": hashlib.sha256(images.tobytes()).hexdigest()}, sort_keys=True)
     reuse_stage = (stage / "key.json").exists() and (stage / "key.json").read_text() == stage_key
     if reuse_stage:
         from ppdiffusers import AutoencoderKL
@@ -279,20 +322,18 @@ def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) ->
     log(f"judge done at {time.time() - start:.0f}s: {info['judge_heldout_accuracy']} "
         f"(reconstructed: {info['judge_heldout_reconstructed_accuracy']})")
 
-    (out / "tokenizer").mkdir(exist_ok=True)
-    vocab_size = write_clip_tokenizer(out / "tokenizer", sorted({*ENGLISH_WORDS, *WORDS}), MAX_LENGTH)
-    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
+    tokenizer = write_tokenizer(out / "tokenizer", recipe.language)
     with _reproducible(recipe.seed + 1):
-        text_encoder = build_text_encoder(vocab_size)
+        text_encoder = build_text_encoder(len(tokenizer), recipe.language)
     with _reproducible(recipe.seed + 2), paddle.utils.unique_name.guard("unet_"):  # names apart from the encoder's
-        unet = build_unet(tuple(recipe.unet_channels))
+        unet = build_unet(tuple(recipe.unet_channels), recipe.text_in_time_embedding)
     info["parameters"] = {n: int(sum(p.size for p in m.parameters()))
                           for n, m in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet))}
     log(f"parameters: {info['parameters']}")
     pb, step = bar("diffusion", recipe.diffusion_steps)
 
     def checkpoint(n):
-        save_world(out, vae, text_encoder, unet, recipe.prediction_type)
+        save_world(out, recipe, {"vae": vae, "text_encoder": text_encoder, "unet": unet})
         info["diffusion_steps_done"] = n
         info["seconds"] = round(time.time() - start)
         (out / "world_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -301,22 +342,24 @@ def make_world(out: Path, recipe: Recipe, log: Callable[[str], None] = print) ->
     paddle.seed(recipe.seed + 3)
     train_diffusion(unet, text_encoder, tokenizer, (mean, std), attrs, scaling, recipe, step, checkpoint)
     pb.close()
-    info["judge_on_world_samples"] = judge_world_samples(out, judge, recipe.seed + 20_000,
-                                                                 recipe.judge_samples)
+    info["judge_on_world_samples"] = judge_world_samples(out, judge, recipe.seed + 20_000, recipe.judge_samples,
+                                                         recipe.language)
     log(f"judge on the world's samples for true captions: {info['judge_on_world_samples']}")
     (out / "world_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
-def judge_world_samples(out: Path, judge, seed: int, count: int = 96) -> dict[str, float]:
+def judge_world_samples(out: Path, judge, seed: int, count: int = 96, language: str = "en") -> dict[str, float]:
     """The saved world, loaded by ppdiffusers like any model, draws full true captions ("a photo of a red striped
-    star on a gray background"); how often the judge reads back each attribute asked for."""
-    from .render import full_caption, sample_attributes
+    star on a gray background" / "一张灰色背景上的红色条纹星星的照片"); how often the judge reads back each attribute
+    asked for."""
+    from .render import sample_attributes
     from .shipped import load_pipeline, sample
 
     rng = random.Random(seed)
     attrs = [sample_attributes(rng) for _ in range(count)]
-    images = sample(load_pipeline(out, check=False), [full_caption(a) for a in attrs], range(seed, seed + count))
+    describe = full_caption if language == "en" else caption_zh
+    images = sample(load_pipeline(out, check=False), [describe(a) for a in attrs], range(seed, seed + count))
     return judge_lib.accuracy(judge, images, attrs)
 
 

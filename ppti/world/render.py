@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..templates import OBJECT_EN, STYLE_EN
+from ..templates import OBJECT_EN, OBJECT_ZH, STYLE_EN, STYLE_ZH
 
 IMAGE_SIZE = 32
 _SUPERSAMPLE = 4  # drawn at 128x128, box-filtered down: smooth edges without a renderer of our own
@@ -36,6 +36,8 @@ ATTRIBUTES = {"shape": list(SHAPES), "colour": list(COLOURS), "texture": list(TE
 # concept (before training, "a photo of a object" draws any shape).
 NEUTRAL_OBJECT = "object"
 NEUTRAL_STYLE = "pattern"
+NEUTRAL_OBJECT_ZH = "物体"
+NEUTRAL_STYLE_ZH = "图案"
 WORDS = sorted({*SHAPES, *COLOURS, *TEXTURES, *BACKGROUNDS, NEUTRAL_OBJECT, NEUTRAL_STYLE, "thing", "style",
                 "background", "on", "a", "an", "of", "in", "the", "photo", "painting"})
 
@@ -157,9 +159,36 @@ def caption(attrs: Attributes, rng: random.Random) -> str:
 
 
 def caption_zh(attrs: Attributes) -> str:
-    """The Chinese caption: 一张灰色背景上的红色条纹星星的照片."""
+    """The full Chinese caption: 一张灰色背景上的红色条纹星星的照片."""
     return (f"一张{BACKGROUNDS[attrs.background][1]}背景上的{COLOURS[attrs.colour][1]}"
             f"{TEXTURES[attrs.texture]}{SHAPES[attrs.shape]}的照片")
+
+
+def caption_pair(attrs: Attributes, rng: random.Random) -> tuple[str, str]:
+    """A random true caption in English and the same one in Chinese, in the forms of `caption` and ppti's templates:
+    ("a painting in the style of striped", "一幅条纹风格的画"), ("a photo of a red object in the style of pattern",
+    "一张红色物体的照片，图案风格")... The Chinese world learns to mean by a Chinese caption what the English world
+    draws for its English twin."""
+    words = {"colour": (attrs.colour, COLOURS[attrs.colour][1]), "texture": (attrs.texture, TEXTURES[attrs.texture]),
+             "background": (attrs.background, BACKGROUNDS[attrs.background][1])}
+    form = rng.random()
+    style_en, style_zh = (NEUTRAL_STYLE, NEUTRAL_STYLE_ZH) if rng.random() < 0.15 else words["texture"]
+    if form < 0.2:
+        return rng.choice(STYLE_EN).format(style_en), rng.choice(STYLE_ZH).format(style_zh)
+    kept = {name: rng.random() < 0.7 and (name != "texture" or form >= 0.35) for name in words}
+    shape_en, shape_zh = (NEUTRAL_OBJECT, NEUTRAL_OBJECT_ZH) if rng.random() < 0.15 else (attrs.shape,
+                                                                                         SHAPES[attrs.shape])
+    en = " ".join([words[n][0] for n in ("colour", "texture") if kept[n]] + [shape_en])
+    en += f" on a {attrs.background} background" if kept["background"] else ""
+    zh = (f"{words['background'][1]}背景上的" if kept["background"] else "")
+    zh += "".join(words[n][1] for n in ("colour", "texture") if kept[n]) + shape_zh
+    en, zh = rng.choice(OBJECT_EN).format(en), rng.choice(OBJECT_ZH).format(zh)
+    return (en + f" in the style of {style_en}", zh + f"，{style_zh}风格") if form < 0.35 else (en, zh)
+
+
+WORLD_CHARS_ZH = "".join(sorted({*"".join(v[1] for v in (*COLOURS.values(), *BACKGROUNDS.values())),
+                                 *"".join((*SHAPES.values(), *TEXTURES.values())), *NEUTRAL_OBJECT_ZH,
+                                 *NEUTRAL_STYLE_ZH, *"背景上的照片风格"}))
 
 
 def full_caption(attrs: Attributes) -> str:
