@@ -21,7 +21,8 @@ from typing import Callable
 import numpy as np
 
 from ..tiny import _reproducible
-from .pretrain import MAX_LENGTH, Recipe, build_text_encoder, encode, judge_world_samples, save_world, write_tokenizer
+from .pretrain import (Recipe, build_text_encoder, encode, judge_world_samples, noised_batch, save_world, token_ids,
+                       write_tokenizer)
 from .render import caption_pair, render_batch
 
 SHARED = ("judge", "scheduler", "unet", "vae")  # the English world's folders the Chinese one links to
@@ -51,25 +52,18 @@ def distill(student, teacher, unet, tokenizer_zh, tokenizer_en, latents: tuple, 
     rng = random.Random(recipe.seed + 5)
     gauss = np.random.default_rng(recipe.seed + 5)
     paddle.seed(recipe.seed + 5)  # BERT's dropout draws from Paddle's global generator
-    mean, std = latents
     schedule = paddle.optimizer.lr.CosineAnnealingDecay(recipe.diffusion_learning_rate, recipe.distill_steps)
     optimizer = paddle.optimizer.AdamW(learning_rate=schedule, parameters=student.parameters(), weight_decay=0.0,
                                        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
     student.train()
-    ids = lambda tok, texts: tok(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True,  # noqa: E731
-                                 return_tensors="pd").input_ids
     for _ in range(recipe.distill_steps):
-        idx = rng.sample(range(len(mean)), recipe.diffusion_batch_size)
+        idx = rng.sample(range(len(latents[0])), recipe.diffusion_batch_size)
         pairs = [("", "") if rng.random() < recipe.caption_dropout else caption_pair(attrs[i], rng) for i in idx]
-        z = paddle.to_tensor(((mean[idx] + std[idx] * gauss.standard_normal(mean[idx].shape)) * scaling)
-                             .astype(np.float32))
-        noise = paddle.to_tensor(gauss.standard_normal(mean[idx].shape).astype(np.float32))
-        t = paddle.to_tensor(gauss.integers(0, noise_scheduler.config.num_train_timesteps, len(idx)), "int64")
-        noisy = noise_scheduler.add_noise(z, noise, t)
+        _, _, t, noisy = noised_batch(latents, idx, scaling, noise_scheduler, gauss)
         with paddle.no_grad():
-            target = unet(noisy, t, encoder_hidden_states=teacher(ids(tokenizer_en, [p[0] for p in pairs]))[0]).sample
-        pred = unet(noisy, t, encoder_hidden_states=student(ids(tokenizer_zh, [p[1] for p in pairs]))[0]).sample
-        loss = F.mse_loss(pred, target)
+            target = unet(noisy, t, encoder_hidden_states=teacher(token_ids(tokenizer_en, [p[0] for p in pairs]))[0])
+        pred = unet(noisy, t, encoder_hidden_states=student(token_ids(tokenizer_zh, [p[1] for p in pairs]))[0])
+        loss = F.mse_loss(pred.sample, target.sample)
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()

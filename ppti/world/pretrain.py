@@ -192,6 +192,24 @@ def reconstruct(vae, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
             for i in range(0, len(images), batch_size)])
 
 
+def token_ids(tokenizer, texts: list[str]):
+    """Prompt ids padded to the world's MAX_LENGTH, as a Paddle tensor."""
+    return tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                     return_tensors="pd").input_ids
+
+
+def noised_batch(latents: tuple, idx: list, scaling: float, noise_scheduler, gauss: np.random.Generator):
+    """(z, noise, t, noisy z) for the images `idx`: a posterior sample of each latent (scaled), its noise and
+    timestep, all drawn from `gauss` (deterministic per seed)."""
+    import paddle
+
+    mean, std = latents
+    z = paddle.to_tensor(((mean[idx] + std[idx] * gauss.standard_normal(mean[idx].shape)) * scaling).astype(np.float32))
+    noise = paddle.to_tensor(gauss.standard_normal(mean[idx].shape).astype(np.float32))
+    t = paddle.to_tensor(gauss.integers(0, noise_scheduler.config.num_train_timesteps, len(idx)), "int64")
+    return z, noise, t, noise_scheduler.add_noise(z, noise, t)
+
+
 def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, scaling: float, recipe: Recipe,
                     progress: Callable, checkpoint: Callable) -> None:
     """Joint text encoder + UNet training with SD's objective: MSE between the added and the predicted noise."""
@@ -204,7 +222,6 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     noise_scheduler = DDPMScheduler.from_config(build_scheduler(recipe.prediction_type, recipe.noise_schedule).config)
     rng = random.Random(recipe.seed + 3)
     gauss = np.random.default_rng(recipe.seed + 3)  # all the Gaussian draws, vectorised (deterministic per seed)
-    mean, std = latents
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if recipe.train_text_encoder else [])
     # AdamW keys its moments by parameter name: two parameters with one name would share (or clash over) moments
     assert len({p.name for p in params}) == len(params), "UNet and text encoder parameter names collide"
@@ -217,16 +234,12 @@ def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, 
     unet.train()
     text_encoder.train() if recipe.train_text_encoder else text_encoder.eval()
     for step in range(1, recipe.diffusion_steps + 1):
-        idx = rng.sample(range(len(mean)), recipe.diffusion_batch_size)
+        idx = rng.sample(range(len(latents[0])), recipe.diffusion_batch_size)
         texts = ["" if rng.random() < recipe.caption_dropout else caption(attrs[i], rng) for i in idx]
-        z = paddle.to_tensor(((mean[idx] + std[idx] * gauss.standard_normal(mean[idx].shape)) * scaling)
-                             .astype(np.float32))
-        noise = paddle.to_tensor(gauss.standard_normal(mean[idx].shape).astype(np.float32))
-        t = paddle.to_tensor(gauss.integers(0, noise_scheduler.config.num_train_timesteps, len(idx)), "int64")
-        ids = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pd").input_ids
+        z, noise, t, noisy = noised_batch(latents, idx, scaling, noise_scheduler, gauss)
         with paddle.set_grad_enabled(recipe.train_text_encoder):
-            hidden = text_encoder(ids)[0]
-        pred = unet(noise_scheduler.add_noise(z, noise, t), t, encoder_hidden_states=hidden).sample
+            hidden = text_encoder(token_ids(tokenizer, texts))[0]
+        pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         target = noise if recipe.prediction_type == "epsilon" else noise_scheduler.get_velocity(z, noise, t)
         loss = F.mse_loss(pred, target)
         loss.backward()

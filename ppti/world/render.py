@@ -168,7 +168,8 @@ def caption_pair(attrs: Attributes, rng: random.Random) -> tuple[str, str]:
     """A random true caption in English and the same one in Chinese, in the forms of `caption` and ppti's templates:
     ("a painting in the style of striped", "一幅条纹风格的画"), ("a photo of a red object in the style of pattern",
     "一张红色物体的照片，图案风格")... The Chinese world learns to mean by a Chinese caption what the English world
-    draws for its English twin."""
+    draws for its English twin. (Not built on `caption`: its random draws decide the English world's training
+    captions, which the shipped world's recipe fixes.)"""
     words = {"colour": (attrs.colour, COLOURS[attrs.colour][1]), "texture": (attrs.texture, TEXTURES[attrs.texture]),
              "background": (attrs.background, BACKGROUNDS[attrs.background][1])}
     form = rng.random()
