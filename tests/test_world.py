@@ -1,9 +1,9 @@
 """The toy world: renderer, manifest hash check, the shipped world's judge, and the point of it all: ppti teaches
 the world a concept.
 
-The concept test trains `<outlined-concept>` (a style: the world follows style, colour and background words, not
-yet shape words) briefly from 5 renderings through the real entry point and asserts that the judge finds the style
-in clearly more fixed-seed samples than before training; its margins come from measured runs (see the test).
+The concept tests train `<outlined-concept>` (a style) and `<heart-concept>` (an object) briefly from 5 renderings
+through the real entry point and assert that the judge finds the concept in clearly more fixed-seed samples than
+before training; their margins come from measured runs (see the tests).
 """
 
 import json
@@ -35,6 +35,29 @@ def test_renderer_is_deterministic_and_captions_say_what_is_drawn():
         assert a.shape in text or "object" in text or "style of" in text
         named = [w for w in text.replace(",", " ").split() if w in ATTRIBUTES["colour"]]
         assert named in ([], [a.colour])  # a caption never names a wrong colour
+
+
+def test_training_captions_follow_the_curriculum():
+    """During the curriculum every caption is the full one (or empty, for guidance); after it, about
+    full_caption_fraction of them; with neither, the draws are caption()'s own, in the same random stream."""
+    import random
+
+    from ppti.world.pretrain import Recipe, training_caption
+    from ppti.world.render import full_caption
+
+    _, attrs = render_batch(5, 400)
+    recipe = Recipe(curriculum_steps=100, full_caption_fraction=0.5)
+    rng = random.Random(0)
+    early = [training_caption(a, rng, recipe, 100) for a in attrs]
+    assert all(text in ("", full_caption(a)) for text, a in zip(early, attrs))
+    assert 0.05 < early.count("") / len(early) < 0.15
+    late = [training_caption(a, rng, recipe, 101) for a in attrs]
+    full = sum(text == full_caption(a) for text, a in zip(late, attrs)) / len(late)
+    assert 0.35 < full < 0.65, full
+    plain, mixed = random.Random(1), random.Random(1)
+    neither = Recipe(curriculum_steps=0, full_caption_fraction=0.0)
+    plain_captions = [training_caption(a, plain, neither, 1) for a in attrs]
+    assert plain_captions == ["" if mixed.random() < 0.1 else caption(a, mixed) for a in attrs]
 
 
 def test_caption_pairs_say_the_same_thing_in_both_languages():
@@ -69,7 +92,7 @@ def test_shipped_judge_reads_held_out_renderings():
     judge = load_world_judge()
     images, attrs = render_batch(123_456, 300)  # a seed the world was never trained on
     accuracy = __import__("ppti.world.judge", fromlist=["accuracy"]).accuracy(judge, images, attrs)
-    # measured on 1000 held-out renderings (world_info.json): shape 0.95, colour 0.999, texture 0.996, background 1.0
+    # measured on 1000 held-out renderings (world_info.json): shape 0.999, colour 1.0, texture 1.0, background 1.0
     assert accuracy["shape"] >= 0.9 and min(accuracy[k] for k in ("colour", "texture", "background")) >= 0.95, accuracy
 
 
@@ -95,29 +118,46 @@ def test_a_model_folder_with_a_manifest_is_hash_checked_before_loading(tiny_mode
         verify_manifest(model)
 
 
-@pytest.fixture(scope="module")
-def outlined_run(tmp_path_factory):
-    """A short ppti run on the shipped world: <outlined-concept> from 5 renderings of outlined shapes."""
-    tmp = tmp_path_factory.mktemp("outlined")
-    data = recovery.write_concept_images(OUTLINED, tmp / "data")
+def _train_concept(tmp, concept: recovery.Concept, steps: int):
+    """A short ppti run on the shipped world: the concept's placeholder from 5 renderings of it."""
+    data = recovery.write_concept_images(concept, tmp / "data")
     out = tmp / "out"
     proc = run_entry(["--pretrained_model_name_or_path", str(WORLD_DIR), "--train_data_dir", str(data),
-                      "--output_dir", str(out), "--placeholder_token", OUTLINED.token, "--initializer_token",
-                      OUTLINED.initializer, "--learnable_property", "style", "--resolution", "32",
-                      "--train_batch_size", "4", "--max_train_steps", "60", "--learning_rate", "5e-3", "--repeats",
-                      "20", "--seed", "0", "--report_to", "none", "--lr_warmup_steps", "0"], timeout=600)
+                      "--output_dir", str(out), "--placeholder_token", concept.token, "--initializer_token",
+                      concept.initializer, "--learnable_property", concept.kind, "--resolution", "32",
+                      "--train_batch_size", "4", "--max_train_steps", str(steps), "--learning_rate", "5e-3",
+                      "--repeats", "20", "--seed", "0", "--report_to", "none", "--lr_warmup_steps", "0"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
+@pytest.fixture(scope="module")
+def outlined_run(tmp_path_factory):
+    return _train_concept(tmp_path_factory.mktemp("outlined"), OUTLINED, 60)
+
+
+def _before_and_after(concept, run):
+    pipe, judge = load_pipeline(), load_world_judge()
+    before = recovery.evaluate(pipe, judge, concept, concept.initializer, edits=False)["concept"]
+    pipe.load_textual_inversion(str(run / "learned_embeds.pdparams"))
+    return before, recovery.evaluate(pipe, judge, concept, concept.token, edits=False)["concept"]
+
+
 @needs_world
 def test_training_on_the_world_teaches_the_concept(outlined_run):
-    pipe, judge = load_pipeline(), load_world_judge()
-    before = recovery.evaluate(pipe, judge, OUTLINED, OUTLINED.initializer, edits=False)["concept"]
-    pipe.load_textual_inversion(str(outlined_run / "learned_embeds.pdparams"))
-    after = recovery.evaluate(pipe, judge, OUTLINED, OUTLINED.token, edits=False)["concept"]
-    # measured (12 fixed-seed samples, judge): before 0.25 (chance 0.33); after 1.00 at both 30 and 60 steps
+    before, after = _before_and_after(OUTLINED, outlined_run)
+    # measured (12 fixed-seed samples, judge): before 0.33 (chance 0.33); after 1.00
     assert before <= 0.5, before
+    assert after >= before + 0.4 and after >= 0.8, (before, after)
+
+
+@needs_world
+def test_training_on_the_world_teaches_an_object(tmp_path):
+    heart = recovery.Concept("heart", "object")
+    before, after = _before_and_after(heart, _train_concept(tmp_path, heart, 150))
+    # measured (12 fixed-seed samples, judge): before 0.50 (chance 0.17: "object" leans to hearts); after 0.83 at
+    # 60 and 100 steps, 1.00 at 150
+    assert before <= 0.6, before
     assert after >= before + 0.4 and after >= 0.8, (before, after)
 
 
@@ -141,7 +181,7 @@ def test_chinese_world_draws_chinese_captions_as_the_english_world_draws_english
     zh = accuracy(judge, sample(pipe_zh, [caption_zh(a) for a in attrs], seeds), attrs)
     en = accuracy(judge, sample(load_pipeline(), [full_caption(a) for a in attrs], seeds), attrs)
     print(f"judge accuracy, Chinese world: {zh}; English world: {en}")
-    # measured (24 samples): Chinese shape 0.25, colour 1.0, style 1.0, background 1.0; English 0.25, 1.0, 0.96, 1.0
+    # measured (24 samples): Chinese shape 0.79, colour 1.0, style 0.88, background 1.0; English 0.79, 1.0, 0.92, 1.0
     for name in ("colour", "texture", "background", "shape"):
         assert zh[name] >= en[name] - 0.2, (name, zh, en)
     assert zh["colour"] >= 0.7 and zh["background"] >= 0.7, zh
@@ -149,27 +189,28 @@ def test_chinese_world_draws_chinese_captions_as_the_english_world_draws_english
 
 @pytest.mark.skipif(not (ZH_WORLD / "manifest.json").is_file(), reason="no Chinese toy world in models/toy-world-zh")
 def test_training_on_the_chinese_world_teaches_a_style(tmp_path):
-    """ppti on the Chinese world (Taiyi's layout, so Chinese templates): <空心风格> from 5 renderings of outlined
-    shapes, initialised from 图案 ("pattern"); the judge finds 空心 (outlined) in clearly more samples of
-    一幅<空心风格>风格的画 than before training."""
+    """ppti on the Chinese world (Taiyi's layout, so Chinese templates): <条纹风格> from 5 renderings of striped
+    shapes, initialised from 图案 ("pattern"); the judge finds 条纹 (striped) in clearly more samples of
+    一幅<条纹风格>风格的画 than before training. (Not 空心, outlined: the world already draws 图案 outlined in 8 of
+    these 12 samples, which leaves no room to show learning.)"""
     from ppti.world.shipped import sample
 
-    data = recovery.write_concept_images(OUTLINED, tmp_path / "data")
+    data = recovery.write_concept_images(recovery.Concept("striped", "style"), tmp_path / "data")
     out = tmp_path / "out"
     proc = run_entry(["--pretrained_model_name_or_path", str(ZH_WORLD), "--train_data_dir", str(data),
-                      "--output_dir", str(out), "--placeholder_token", "<空心风格>", "--initializer_token", "图案",
+                      "--output_dir", str(out), "--placeholder_token", "<条纹风格>", "--initializer_token", "图案",
                       "--learnable_property", "style", "--resolution", "32", "--train_batch_size", "4",
                       "--max_train_steps", "60", "--learning_rate", "5e-3", "--repeats", "20", "--seed", "0",
                       "--report_to", "none", "--lr_warmup_steps", "0"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pipe, judge = load_pipeline(ZH_WORLD), load_world_judge()
-    prompts = [("一幅{}风格的画", {"texture": "outlined"})] * 12
+    prompts = [("一幅{}风格的画", {"texture": "striped"})] * 12
     seeds = [recovery.SAMPLE_SEED + i for i in range(12)]
     before = recovery.score(judge, sample(pipe, recovery.fill(prompts, "图案"), seeds), prompts)
     pipe.load_textual_inversion(str(out / "learned_embeds.pdparams"))
-    after = recovery.score(judge, sample(pipe, recovery.fill(prompts, "<空心风格>"), seeds), prompts)
-    print(f"Chinese world, outlined style: before {before:.2f}, after {after:.2f}")
-    # measured (12 fixed-seed samples): before 0.25 (chance 0.33), after 1.00
+    after = recovery.score(judge, sample(pipe, recovery.fill(prompts, "<条纹风格>"), seeds), prompts)
+    print(f"Chinese world, striped style: before {before:.2f}, after {after:.2f}")
+    # measured (12 fixed-seed samples): before 0.00 (chance 0.33), after 1.00
     assert before <= 0.5 and after >= before + 0.4 and after >= 0.8, (before, after)
 
 
@@ -240,7 +281,7 @@ def test_make_toy_world_is_deterministic_per_seed(tmp_path):
 
     tool = str(WORLD_DIR.parents[1] / "tools" / "make_toy_world.py")
     tiny = ["--num_images", "64", "--vae_steps", "3", "--judge_steps", "3", "--judge_reconstructions", "16",
-            "--diffusion_steps", "3", "--judge_samples", "2"]
+            "--diffusion_steps", "3", "--judge_samples", "2", "--curriculum_steps", "0"]
 
     def build(name, seed, extra=()):
         proc = subprocess.run([sys.executable, tool, str(tmp_path / name), "--seed", str(seed), *tiny, *extra],
@@ -255,6 +296,12 @@ def test_make_toy_world_is_deterministic_per_seed(tmp_path):
     assert first == again
     unet_weights = "unet/diffusion_paddle_model.safetensors"
     assert unet_weights in first and first[unet_weights] != other[unet_weights]
+
+    # a curriculum that the rendered images cannot feed is refused before any training, naming the flags
+    proc = subprocess.run([sys.executable, tool, str(tmp_path / "d"), *tiny, "--curriculum_steps", "10"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "--curriculum_steps 10: only" in proc.stderr and "--num_images" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "d" / "vae").exists()
 
     # the Chinese world: BERT distilled from world "a"; the shared files are links into it, hashed through them
     zh = ["--language", "zh", "--english_world", str(tmp_path / "a"), "--distill_steps", "3"]

@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ppti.world.chinese import make_world_zh  # noqa: E402
-from ppti.world.pretrain import Recipe, make_world  # noqa: E402
+from ppti.world.pretrain import Recipe, RecipeError, make_world  # noqa: E402
 from ppti.manifest import write_manifest  # noqa: E402
-from ppti.tool_cli import tool_parser  # noqa: E402
+from ppti.tool_cli import EXIT_BAD_INPUT, tool_parser  # noqa: E402
 
 CHOICES = {"prediction_type": ("epsilon", "v_prediction"), "noise_schedule": ("sd", "linear"), "language": ("en", "zh")}
 
@@ -66,10 +66,14 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
-    if recipe.language == "zh":
-        make_world_zh(args.out_dir, args.english_world, recipe)
-    else:
-        make_world(args.out_dir, recipe, stage=args.stage_dir)
+    try:
+        if recipe.language == "zh":
+            make_world_zh(args.out_dir, args.english_world, recipe)
+        else:
+            make_world(args.out_dir, recipe, stage=args.stage_dir)
+    except RecipeError as exc:
+        print(f"make_toy_world.py: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     command = "python tools/make_toy_world.py " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
     manifest = write_manifest(args.out_dir, command=command, seed=recipe.seed)
     print(f"wrote the toy world to {args.out_dir} ({manifest['total_bytes']:,} bytes of weights)")

@@ -1,8 +1,8 @@
 """A procedurally drawn world of coloured shapes: deterministic images (32x32 RGB) and their captions.
 
 Every image shows one shape (circle, square, triangle, star, cross, heart) in one of six colours, drawn in one of
-three styles (solid, outlined, striped), on a white, black or gray background, at a random position, size and
-rotation. `render(attrs)` draws an image from its attributes; `sample_attributes(rng)` draws attributes; captions
+three styles (solid, outlined, striped), on a white, black or gray background, near the middle of the frame with
+some spread in position, size and rotation. `render(attrs)` draws an image from its attributes; `sample_attributes(rng)` draws attributes; captions
 come in English and Chinese. The same seed always gives the same pixels (numpy + Pillow, no global state).
 """
 
@@ -60,13 +60,16 @@ class Attributes:
 
 
 def sample_attributes(rng: random.Random, **fixed) -> Attributes:
-    """Random attributes; keyword arguments fix some of them (e.g. shape="star")."""
+    """Random attributes; keyword arguments fix some of them (e.g. shape="star").
+
+    The shape stays within 5% of the middle (radius 0.30-0.40, +-15 degrees): shapes anywhere in the frame (the
+    first world) average out where a prompt must decide the layout, and its samples drew whatever shape the starting
+    noise suggested whatever the shape word said."""
     chosen = {name: fixed.get(name) or rng.choice(values) for name, values in ATTRIBUTES.items()}
-    radius = rng.uniform(0.28, 0.42)
-    margin = radius * 0.85
+    radius = rng.uniform(0.30, 0.40)
     return Attributes(
-        **chosen, x=rng.uniform(margin, 1 - margin), y=rng.uniform(margin, 1 - margin), radius=radius,
-        angle=rng.uniform(-25, 25), jitter=tuple(rng.randint(-12, 12) for _ in range(6)))
+        **chosen, x=0.5 + rng.uniform(-0.05, 0.05), y=0.5 + rng.uniform(-0.05, 0.05), radius=radius,
+        angle=rng.uniform(-15, 15), jitter=tuple(rng.randint(-12, 12) for _ in range(6)))
 
 
 def _outline(shape: str) -> list[tuple[float, float]]:
