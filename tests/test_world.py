@@ -118,13 +118,14 @@ def test_a_model_folder_with_a_manifest_is_hash_checked_before_loading(tiny_mode
         verify_manifest(model)
 
 
-def _train_concept(tmp, concept: recovery.Concept, steps: int):
-    """A short ppti run on the shipped world: the concept's placeholder from 5 renderings of it."""
+def _train_concept(tmp, concept: recovery.Concept, steps: int, world=WORLD_DIR, token=None, initializer=None):
+    """A short ppti run on a shipped world: the concept's placeholder (`token`, from `initializer`; by default the
+    concept's own) from 5 renderings of it."""
     data = recovery.write_concept_images(concept, tmp / "data")
     out = tmp / "out"
-    proc = run_entry(["--pretrained_model_name_or_path", str(WORLD_DIR), "--train_data_dir", str(data),
-                      "--output_dir", str(out), "--placeholder_token", concept.token, "--initializer_token",
-                      concept.initializer, "--learnable_property", concept.kind, "--resolution", "32",
+    proc = run_entry(["--pretrained_model_name_or_path", str(world), "--train_data_dir", str(data),
+                      "--output_dir", str(out), "--placeholder_token", token or concept.token, "--initializer_token",
+                      initializer or concept.initializer, "--learnable_property", concept.kind, "--resolution", "32",
                       "--train_batch_size", "4", "--max_train_steps", str(steps), "--learning_rate", "5e-3",
                       "--repeats", "20", "--seed", "0", "--report_to", "none", "--lr_warmup_steps", "0"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -195,14 +196,7 @@ def test_training_on_the_chinese_world_teaches_a_style(tmp_path):
     these 12 samples, which leaves no room to show learning.)"""
     from ppti.world.shipped import sample
 
-    data = recovery.write_concept_images(recovery.Concept("striped", "style"), tmp_path / "data")
-    out = tmp_path / "out"
-    proc = run_entry(["--pretrained_model_name_or_path", str(ZH_WORLD), "--train_data_dir", str(data),
-                      "--output_dir", str(out), "--placeholder_token", "<条纹风格>", "--initializer_token", "图案",
-                      "--learnable_property", "style", "--resolution", "32", "--train_batch_size", "4",
-                      "--max_train_steps", "60", "--learning_rate", "5e-3", "--repeats", "20", "--seed", "0",
-                      "--report_to", "none", "--lr_warmup_steps", "0"], timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _train_concept(tmp_path, recovery.Concept("striped", "style"), 60, ZH_WORLD, "<条纹风格>", "图案")
     pipe, judge = load_pipeline(ZH_WORLD), load_world_judge()
     prompts = [("一幅{}风格的画", {"texture": "striped"})] * 12
     seeds = [recovery.SAMPLE_SEED + i for i in range(12)]

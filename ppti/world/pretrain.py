@@ -234,8 +234,9 @@ def training_caption(attrs, rng: random.Random, recipe: Recipe, step: int) -> st
     """The caption of one training image at `step`: empty (caption_dropout), full, or one of caption()'s forms."""
     if rng.random() < recipe.caption_dropout:
         return ""
-    in_curriculum = step <= recipe.curriculum_steps
-    if in_curriculum or (recipe.full_caption_fraction and rng.random() < recipe.full_caption_fraction):
+    # no draw at all when the fraction is 0: the random stream stays caption()'s own (the earlier worlds' recipes)
+    fraction = recipe.full_caption_fraction
+    if step <= recipe.curriculum_steps or (fraction and rng.random() < fraction):
         return full_caption(attrs)
     return caption(attrs, rng)
 

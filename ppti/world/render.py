@@ -2,8 +2,8 @@
 
 Every image shows one shape (circle, square, triangle, star, cross, heart) in one of six colours, drawn in one of
 three styles (solid, outlined, striped), on a white, black or gray background, near the middle of the frame with
-some spread in position, size and rotation. `render(attrs)` draws an image from its attributes; `sample_attributes(rng)` draws attributes; captions
-come in English and Chinese. The same seed always gives the same pixels (numpy + Pillow, no global state).
+some spread in position, size and rotation. `render(attrs)` draws an image from its attributes;
+`sample_attributes(rng)` draws attributes; captions come in English and Chinese. The same seed always gives the same pixels (numpy + Pillow, no global state).
 """
 
 from __future__ import annotations
