@@ -36,10 +36,12 @@ def parse_args(argv=None):
     parser.add_argument("--learning_rate", type=float, default=5e-3)
     parser.add_argument("--train_batch_size", type=int, default=4)
     parser.add_argument("--num_images", type=int, default=5, help="Renderings of each concept to train on.")
+    parser.add_argument("--sample_repeats", type=int, default=2,
+                        help="Samples per prompt group x this: 12 concept samples, 2 per edit / shape each.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="Write the results here.")
     args = parser.parse_args(argv)
-    for name in ("num_vectors", "max_train_steps", "train_batch_size", "num_images"):
+    for name in ("num_vectors", "max_train_steps", "train_batch_size", "num_images", "sample_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1 (got {getattr(args, name)})")
     return args
@@ -75,9 +77,10 @@ def main(argv=None) -> int:
             out = Path(tmp) / f"out-{concept.word}"
             train_concept(args, concept, data, out)
             pipe.load_textual_inversion(str(out / "learned_embeds.pdparams"))
-            before = evaluate(pipe, judge, concept, " ".join([concept.initializer] * args.num_vectors), edits=False)
-            true_word = evaluate(pipe, judge, concept, concept.word, edits=False)
-            after = evaluate(pipe, judge, concept, concept.token, edits=True)
+            initial = " ".join([concept.initializer] * args.num_vectors)
+            before = evaluate(pipe, judge, concept, initial, edits=False, repeats=args.sample_repeats)
+            true_word = evaluate(pipe, judge, concept, concept.word, edits=False, repeats=args.sample_repeats)
+            after = evaluate(pipe, judge, concept, concept.token, edits=True, repeats=args.sample_repeats)
             rows.append({"name": concept.token, "kind": concept.kind, "num_vectors": args.num_vectors,
                          "chance": round(concept.chance, 4), "before": before["concept"], "after": after["concept"],
                          "true_word": true_word["concept"], "edit": after["edit"], "steps": args.max_train_steps,

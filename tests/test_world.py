@@ -37,6 +37,25 @@ def test_renderer_is_deterministic_and_captions_say_what_is_drawn():
         assert named in ([], [a.colour])  # a caption never names a wrong colour
 
 
+def test_caption_keep_decides_how_much_a_caption_names():
+    """caption(keep=0) names only the shape (or "object"), keep=1 every attribute of the form; the recipe's
+    caption_keep reaches it."""
+    import random
+
+    from ppti.world.pretrain import Recipe, training_caption
+
+    _, attrs = render_batch(6, 300)
+    rng = random.Random(0)
+    for a in attrs:
+        bare, everything = caption(a, rng, keep=0.0), caption(a, rng, keep=1.0)
+        assert not any(w in bare.split() for w in (a.colour, a.background)), bare
+        if "in the style of" not in everything:
+            assert a.colour in everything and f"on a {a.background} background" in everything, everything
+    recipe = Recipe(curriculum_steps=0, full_caption_fraction=0.0, caption_dropout=0.0, caption_keep=0.0)
+    texts = [training_caption(a, rng, recipe, 1) for a in attrs]
+    assert not any(a.colour in t.split() for a, t in zip(attrs, texts))
+
+
 def test_training_captions_follow_the_curriculum():
     """During the curriculum every caption is the full one (or empty, for guidance); after it, about
     full_caption_fraction of them; with neither, the draws are caption()'s own, in the same random stream."""
@@ -142,6 +161,32 @@ def _before_and_after(concept, run):
     before = recovery.evaluate(pipe, judge, concept, concept.initializer, edits=False)["concept"]
     pipe.load_textual_inversion(str(run / "learned_embeds.pdparams"))
     return before, recovery.evaluate(pipe, judge, concept, concept.token, edits=False)["concept"]
+
+
+@needs_world
+def test_evaluate_reads_more_samples_with_more_repeats(monkeypatch):
+    """`repeats` multiplies every group (concept, edits, style on shapes), each sample with its own seed, and each
+    group's accuracy is read on its own images."""
+    import random
+
+    import ppti.world.shipped as shipped
+    from ppti.world.render import render
+
+    calls = []
+
+    def outlined_renderings(pipe, prompts, seeds):  # stands in for the world: a random outlined shape per seed
+        calls.append((list(prompts), list(seeds)))
+        return np.stack([np.asarray(render(sample_attributes(random.Random(s), texture="outlined"))) for s in seeds])
+
+    monkeypatch.setattr(shipped, "sample", outlined_renderings)
+    judge = load_world_judge()
+    one = recovery.evaluate(None, judge, OUTLINED, "outlined", edits=True)
+    two = recovery.evaluate(None, judge, OUTLINED, "outlined", edits=True, repeats=2)
+    (prompts_1, _), (prompts_2, seeds_2) = calls
+    assert len(prompts_1) == 12 + 14 + 12 and len(prompts_2) == 2 * len(prompts_1)
+    assert len(set(seeds_2)) == len(seeds_2)
+    assert one["concept"] == two["concept"] == 1.0  # every image is outlined
+    assert 0 < two["edit"] < 1 and 0 < two["transfer"] < 1  # the colour/background/shape asked for only sometimes
 
 
 @needs_world

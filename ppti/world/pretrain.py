@@ -76,6 +76,7 @@ class Recipe:
     judge_samples: int = 96  # world samples (true full captions) the judge reads after training, for the report
     curriculum_steps: int = 2000  # first half: red solid shapes on white only; all of it: full captions
     full_caption_fraction: float = 0.5  # after the curriculum: this share of captions is full_caption, not caption()
+    caption_keep: float = 0.7  # caption(): each of colour, texture and background is named with this probability
     distill_steps: int = 1500  # language "zh": steps distilling the Chinese BERT from the English world (chinese.py)
 
 
@@ -238,7 +239,7 @@ def training_caption(attrs, rng: random.Random, recipe: Recipe, step: int) -> st
     fraction = recipe.full_caption_fraction
     if step <= recipe.curriculum_steps or (fraction and rng.random() < fraction):
         return full_caption(attrs)
-    return caption(attrs, rng)
+    return caption(attrs, rng, recipe.caption_keep)
 
 
 def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, scaling: float, recipe: Recipe,

@@ -142,12 +142,13 @@ def phrase(attrs: Attributes, rng: random.Random, keep: float = 0.7, texture: bo
     return text + (f" on a {attrs.background} background" if rng.random() < keep else "")
 
 
-def caption(attrs: Attributes, rng: random.Random) -> str:
+def caption(attrs: Attributes, rng: random.Random, keep: float = 0.7) -> str:
     """A random English caption that is true of `attrs`, in the forms textual inversion will prompt with.
 
     Object templates ("a photo of a {}") around a phrase; style templates ("a painting in the style of {}") around
     the texture word; and "... in the style of <texture>" after an object phrase. The shape is replaced by the
-    neutral "object" (and the texture by "pattern") now and then, so those words mean "any shape/style".
+    neutral "object" (and the texture by "pattern") now and then, so those words mean "any shape/style". Each of
+    colour, texture and background is named with probability `keep`.
     """
     form = rng.random()
     if form < 0.2:
@@ -156,9 +157,9 @@ def caption(attrs: Attributes, rng: random.Random) -> str:
     shape_word = NEUTRAL_OBJECT if rng.random() < 0.15 else None
     if form < 0.35:
         word = NEUTRAL_STYLE if rng.random() < 0.15 else attrs.texture
-        text = phrase(attrs, rng, texture=False, shape_word=shape_word)
+        text = phrase(attrs, rng, keep, texture=False, shape_word=shape_word)
         return rng.choice(OBJECT_EN).format(text) + f" in the style of {word}"
-    return rng.choice(OBJECT_EN).format(phrase(attrs, rng, shape_word=shape_word))
+    return rng.choice(OBJECT_EN).format(phrase(attrs, rng, keep, shape_word=shape_word))
 
 
 def caption_zh(attrs: Attributes) -> str:
