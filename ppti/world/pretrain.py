@@ -28,7 +28,7 @@ import numpy as np
 from ..tiny import _FAMILIES, ENGLISH_WORDS, _model_index, _reproducible, _write_bert_tokenizer, _write_json, \
     write_clip_tokenizer
 from . import judge as judge_lib
-from .render import WORDS, WORLD_CHARS_ZH, caption, caption_zh, full_caption, render_batch
+from .render import CAPTION_KEEP, WORDS, WORLD_CHARS_ZH, caption, caption_zh, full_caption, render_batch
 
 TEXT_WIDTH = 64
 LATENT_SIZE = 8
@@ -76,7 +76,7 @@ class Recipe:
     judge_samples: int = 96  # world samples (true full captions) the judge reads after training, for the report
     curriculum_steps: int = 2000  # first half: red solid shapes on white only; all of it: full captions
     full_caption_fraction: float = 0.5  # after the curriculum: this share of captions is full_caption, not caption()
-    caption_keep: float = 0.7  # caption(): each of colour, texture and background is named with this probability
+    caption_keep: float = CAPTION_KEEP  # caption(): each of colour, texture and background named this often
     distill_steps: int = 1500  # language "zh": steps distilling the Chinese BERT from the English world (chinese.py)
 
 

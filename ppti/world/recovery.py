@@ -24,6 +24,8 @@ from .render import ATTRIBUTES, NEUTRAL_OBJECT, NEUTRAL_STYLE, render, sample_at
 
 SAMPLE_SEED = 1000  # sample i of a prompt list uses seed SAMPLE_SEED + i
 EDIT_COLOURS = ("blue", "red", "yellow", "green")
+CONCEPT_SAMPLES = 12  # concept samples per evaluate() repeat
+SAMPLES_PER_EDIT = 2  # per edit (and per shape, for a style's transfer) per repeat
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,13 @@ def write_concept_images(concept: Concept, folder: Path, count: int = 5, seed: i
     return folder
 
 
-def concept_prompts(concept: Concept, count: int = 12) -> list[tuple[str, dict]]:
+def concept_prompts(concept: Concept, count: int = CONCEPT_SAMPLES) -> list[tuple[str, dict]]:
     """(prompt with "{}" for the concept, what the judge must find) for concept accuracy."""
     template = "a photo of a {}" if concept.kind == "object" else "a painting in the style of {}"
     return [(template, {concept.attribute: concept.word})] * count
 
 
-def edit_prompts(concept: Concept, per_edit: int = 2) -> list[tuple[str, dict]]:
+def edit_prompts(concept: Concept, per_edit: int = SAMPLES_PER_EDIT) -> list[tuple[str, dict]]:
     """Edits: a colour or a background asked for along with the concept, which must be kept."""
     keep = {concept.attribute: concept.word}
     if concept.kind == "object":
@@ -82,7 +84,7 @@ def edit_prompts(concept: Concept, per_edit: int = 2) -> list[tuple[str, dict]]:
     return [(p, {**want, **keep}) for p, want in edits for _ in range(per_edit)]
 
 
-def transfer_prompts(concept: Concept, per_shape: int = 2) -> list[tuple[str, dict]]:
+def transfer_prompts(concept: Concept, per_shape: int = SAMPLES_PER_EDIT) -> list[tuple[str, dict]]:
     """A style concept applied to each shape: the shape asked for and the style must both be found."""
     return [(f"a photo of a {s} in the style of {{}}", {"shape": s, concept.attribute: concept.word})
             for s in ATTRIBUTES["shape"] for _ in range(per_shape)]
@@ -102,15 +104,15 @@ def score(judge, images: np.ndarray, prompts: Sequence[tuple[str, dict]]) -> flo
 
 def evaluate(pipe, judge, concept: Concept, words: str, edits: bool, repeats: int = 1) -> dict[str, float]:
     """Concept accuracy of the pipeline when the concept is written as `words`; with `edits`, also edit accuracy
-    and, for styles, transfer accuracy (the style on each shape). `repeats` multiplies every group's samples (12
-    concept samples per repeat, 2 per edit or shape): one sample more or fewer moves a 12-sample accuracy by 0.08."""
+    and, for styles, transfer accuracy (the style on each shape). `repeats` multiplies every group's samples
+    (CONCEPT_SAMPLES; SAMPLES_PER_EDIT per edit or shape): one sample moves a 12-sample accuracy by 0.08."""
     from .shipped import sample
 
-    groups = {"concept": concept_prompts(concept, 12 * repeats)}
+    groups = {"concept": concept_prompts(concept, CONCEPT_SAMPLES * repeats)}
     if edits:
-        groups["edit"] = edit_prompts(concept, 2 * repeats)
+        groups["edit"] = edit_prompts(concept, SAMPLES_PER_EDIT * repeats)
         if concept.kind == "style":
-            groups["transfer"] = transfer_prompts(concept, 2 * repeats)
+            groups["transfer"] = transfer_prompts(concept, SAMPLES_PER_EDIT * repeats)
     prompts = list(itertools.chain(*groups.values()))
     images = sample(pipe, fill(prompts, words), [SAMPLE_SEED + i for i in range(len(prompts))])
     result, start = {}, 0

@@ -132,7 +132,10 @@ def render_batch(seed: int, count: int, **fixed) -> tuple[np.ndarray, list[Attri
     return np.stack([np.asarray(render(a)) for a in attrs]), attrs
 
 
-def phrase(attrs: Attributes, rng: random.Random, keep: float = 0.7, texture: bool = True,
+CAPTION_KEEP = 0.7  # how often caption() names each of colour, texture and background (Recipe.caption_keep)
+
+
+def phrase(attrs: Attributes, rng: random.Random, keep: float = CAPTION_KEEP, texture: bool = True,
            shape_word: Optional[str] = None) -> str:
     """'red striped star on a gray background', each of colour/texture/background kept with probability `keep`."""
     words = [attrs.colour] if rng.random() < keep else []
@@ -142,7 +145,7 @@ def phrase(attrs: Attributes, rng: random.Random, keep: float = 0.7, texture: bo
     return text + (f" on a {attrs.background} background" if rng.random() < keep else "")
 
 
-def caption(attrs: Attributes, rng: random.Random, keep: float = 0.7) -> str:
+def caption(attrs: Attributes, rng: random.Random, keep: float = CAPTION_KEEP) -> str:
     """A random English caption that is true of `attrs`, in the forms textual inversion will prompt with.
 
     Object templates ("a photo of a {}") around a phrase; style templates ("a painting in the style of {}") around
