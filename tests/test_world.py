@@ -15,7 +15,7 @@ import pytest
 from conftest import DEMO_IMAGES, run_entry
 from ppti.manifest import ManifestError, verify_manifest, write_manifest
 from ppti.world import recovery
-from ppti.world.render import ATTRIBUTES, caption, render_batch, sample_attributes
+from ppti.world.render import ATTRIBUTES, caption, render, render_batch, sample_attributes
 from ppti.world.shipped import WORLD_DIR, load_pipeline, load_world_judge
 
 OUTLINED = recovery.Concept("outlined", "style")
@@ -101,9 +101,25 @@ def test_caption_pairs_say_the_same_thing_in_both_languages():
     assert seen_shape > 80 and seen_neutral > 10
 
 
-def test_concept_images_hold_the_concept():
+def test_concept_images_hold_the_concept_and_vary_the_rest(tmp_path):
+    """An object's images keep its shape and solid look, a style's its texture; every background appears and no
+    colour (nor, for a style, shape) twice, so the placeholder has nothing but the concept in common to learn."""
+    from PIL import Image
+
     rng = __import__("random").Random(1)
     assert {sample_attributes(rng, shape="heart").shape for _ in range(5)} == {"heart"}
+    for concept, kept in ((recovery.Concept("star", "object"), {"shape": "star", "texture": "solid"}),
+                          (OUTLINED, {"texture": "outlined"})):
+        folder = recovery.write_concept_images(concept, tmp_path / concept.word, count=5)
+        images = [np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]
+        assert len(images) == 5 and all(i.shape == (32, 32, 3) for i in images)
+        drawn = recovery.concept_attributes(concept, 5)
+        assert all(np.array_equal(i, np.asarray(render(a))) for i, a in zip(images, drawn))
+        assert all(getattr(a, k) == v for a in drawn for k, v in kept.items())
+        assert {a.background for a in drawn} == set(ATTRIBUTES["background"])
+        assert len({a.colour for a in drawn}) == 5
+        if concept.kind == "style":
+            assert len({a.shape for a in drawn}) == 5
 
 
 @needs_world
@@ -111,7 +127,7 @@ def test_shipped_judge_reads_held_out_renderings():
     judge = load_world_judge()
     images, attrs = render_batch(123_456, 300)  # a seed the world was never trained on
     accuracy = __import__("ppti.world.judge", fromlist=["accuracy"]).accuracy(judge, images, attrs)
-    # measured on 1000 held-out renderings (world_info.json): shape 0.999, colour 1.0, texture 1.0, background 1.0
+    # measured on 1000 held-out renderings (world_info.json): shape 1.0, colour 1.0, texture 1.0, background 1.0
     assert accuracy["shape"] >= 0.9 and min(accuracy[k] for k in ("colour", "texture", "background")) >= 0.95, accuracy
 
 
@@ -192,7 +208,7 @@ def test_evaluate_reads_more_samples_with_more_repeats(monkeypatch):
 @needs_world
 def test_training_on_the_world_teaches_the_concept(outlined_run):
     before, after = _before_and_after(OUTLINED, outlined_run)
-    # measured (12 fixed-seed samples, judge): before 0.33 (chance 0.33); after 1.00
+    # measured (12 fixed-seed samples, judge): before 0.08 (chance 0.33); after 1.00
     assert before <= 0.5, before
     assert after >= before + 0.4 and after >= 0.8, (before, after)
 
@@ -201,8 +217,7 @@ def test_training_on_the_world_teaches_the_concept(outlined_run):
 def test_training_on_the_world_teaches_an_object(tmp_path):
     heart = recovery.Concept("heart", "object")
     before, after = _before_and_after(heart, _train_concept(tmp_path, heart, 150))
-    # measured (12 fixed-seed samples, judge): before 0.50 (chance 0.17: "object" leans to hearts); after 0.83 at
-    # 60 and 100 steps, 1.00 at 150
+    # measured (12 fixed-seed samples, judge): before 0.42 (chance 0.17: "object" leans to hearts); after 1.00
     assert before <= 0.6, before
     assert after >= before + 0.4 and after >= 0.8, (before, after)
 
@@ -227,7 +242,7 @@ def test_chinese_world_draws_chinese_captions_as_the_english_world_draws_english
     zh = accuracy(judge, sample(pipe_zh, [caption_zh(a) for a in attrs], seeds), attrs)
     en = accuracy(judge, sample(load_pipeline(), [full_caption(a) for a in attrs], seeds), attrs)
     print(f"judge accuracy, Chinese world: {zh}; English world: {en}")
-    # measured (24 samples): Chinese shape 0.79, colour 1.0, style 0.88, background 1.0; English 0.79, 1.0, 0.92, 1.0
+    # measured (24 samples): Chinese shape 0.79, colour 1.0, style 0.88, background 1.0; English 0.96, 1.0, 0.88, 1.0
     for name in ("colour", "texture", "background", "shape"):
         assert zh[name] >= en[name] - 0.2, (name, zh, en)
     assert zh["colour"] >= 0.7 and zh["background"] >= 0.7, zh
@@ -237,8 +252,8 @@ def test_chinese_world_draws_chinese_captions_as_the_english_world_draws_english
 def test_training_on_the_chinese_world_teaches_a_style(tmp_path):
     """ppti on the Chinese world (Taiyi's layout, so Chinese templates): <条纹风格> from 5 renderings of striped
     shapes, initialised from 图案 ("pattern"); the judge finds 条纹 (striped) in clearly more samples of
-    一幅<条纹风格>风格的画 than before training. (Not 空心, outlined: the world already draws 图案 outlined in 8 of
-    these 12 samples, which leaves no room to show learning.)"""
+    一幅<条纹风格>风格的画 than before training. (The README's Chinese command teaches 空心, outlined; this test
+    covers the other style.)"""
     from ppti.world.shipped import sample
 
     out = _train_concept(tmp_path, recovery.Concept("striped", "style"), 60, ZH_WORLD, "<条纹风格>", "图案")
@@ -249,7 +264,7 @@ def test_training_on_the_chinese_world_teaches_a_style(tmp_path):
     pipe.load_textual_inversion(str(out / "learned_embeds.pdparams"))
     after = recovery.score(judge, sample(pipe, recovery.fill(prompts, "<条纹风格>"), seeds), prompts)
     print(f"Chinese world, striped style: before {before:.2f}, after {after:.2f}")
-    # measured (12 fixed-seed samples): before 0.00 (chance 0.33), after 1.00
+    # measured (12 fixed-seed samples): before 0.17 (chance 0.33), after 1.00
     assert before <= 0.5 and after >= before + 0.4 and after >= 0.8, (before, after)
 
 

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .render import ATTRIBUTES, NEUTRAL_OBJECT, NEUTRAL_STYLE, render, sample_attributes
+from .render import ATTRIBUTES, NEUTRAL_OBJECT, NEUTRAL_STYLE, Attributes, render, sample_attributes
 
 SAMPLE_SEED = 1000  # sample i of a prompt list uses seed SAMPLE_SEED + i
 EDIT_COLOURS = ("blue", "red", "yellow", "green")
@@ -54,14 +54,30 @@ CONCEPTS = (Concept("star", "object"), Concept("heart", "object"), Concept("stri
             Concept("outlined", "style"))
 
 
-def write_concept_images(concept: Concept, folder: Path, count: int = 5, seed: int = 0) -> Path:
-    """`count` renderings of the concept (everything else random) as PNGs in `folder`."""
+def concept_attributes(concept: Concept, count: int = 5, seed: int = 0) -> list[Attributes]:
+    """What `count` training images of the concept show, as a user's photos should: the concept the same in all,
+    everything else as varied as the count allows (every background, no colour or shape twice in six). A style
+    keeps its texture. An object is one thing photographed several times, so its shape and its solid look stay.
+    Drawn independently, a star's five images were three outlined and two striped ones, on three black
+    backgrounds, and its placeholder learned the thin lines and the black more than the shape."""
     import random
 
-    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{concept.word}-{seed}")
-    for i in range(count):
-        render(sample_attributes(rng, **{concept.attribute: concept.word})).save(folder / f"{concept.word}-{i}.png")
+    kept = {concept.attribute: concept.word, **({"texture": "solid"} if concept.kind == "object" else {})}
+    varied = {}
+    for name, values in ATTRIBUTES.items():
+        if name not in kept:
+            order = rng.sample(values, len(values))
+            varied[name] = [order[i % len(order)] for i in range(count)]
+    return [sample_attributes(rng, **kept, **{name: values[i] for name, values in varied.items()})
+            for i in range(count)]
+
+
+def write_concept_images(concept: Concept, folder: Path, count: int = 5, seed: int = 0) -> Path:
+    """The concept's training images (`concept_attributes`) as PNGs in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, attrs in enumerate(concept_attributes(concept, count, seed)):
+        render(attrs).save(folder / f"{concept.word}-{i}.png")
     return folder
 
 

@@ -109,7 +109,10 @@ def render(attrs: Attributes) -> Image.Image:
     """The 32x32 RGB image of `attrs`."""
     size = IMAGE_SIZE * _SUPERSAMPLE
     filled = _mask(attrs, size)
-    eroded = Image.fromarray(filled.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(2 * _SUPERSAMPLE + 1))
+    # Borders (an outline, the edge of a striped shape) are 2 px wide at 32 px. With 1 px borders the world lost thin
+    # shapes such as the star: the judge read 0.82 of full-caption shapes, 0.97 with 2 px. Giving stripes back a 1
+    # px border (so that they look less like an outline with bars) cost shapes again: 0.86.
+    eroded = Image.fromarray(filled.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(4 * _SUPERSAMPLE + 1))
     border = filled & ~(np.asarray(eroded) > 127)
     if attrs.texture == "solid":
         paint = filled
