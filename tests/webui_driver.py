@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect, sync_playwright
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +75,21 @@ def listening_addresses(port: int) -> list[str]:
                 words = [raw[i:i + 4][::-1] for i in range(0, len(raw), 4)]  # little-endian 32-bit words
                 found.append(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, b"".join(words)))
     return found
+
+
+def reopen(page: Page, url: str, attempts: int = 3) -> None:
+    """Load the page again, as a user does after restarting it. Chromium can abort the first navigation after the
+    server it was connected to died (net::ERR_ABORTED, "frame was detached": seen once in CI); a user would press
+    reload again, so this tries again too."""
+    for attempt in range(1, attempts + 1):
+        try:
+            page.goto(url, wait_until="load", timeout=60_000)
+            return
+        except PlaywrightError as error:
+            if attempt == attempts:
+                raise
+            log(f"reloading the page failed ({str(error).splitlines()[0]}); trying again")
+            time.sleep(1)
 
 
 def fill(page: Page, elem_id: str, value) -> None:
@@ -205,7 +221,7 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
         result["trainer_alive_after_page_killed"] = Path(f"/proc/{run_info['pid']}").exists()
         step_before = int(page.locator("#progress").get_attribute("data-step"))
         server.start()
-        page.reload()
+        reopen(page, server.url)
         expect(page.locator("#start")).to_be_visible(timeout=60_000)
         result["status_after_restart"] = wait_text(page, "status", "Running", timeout=60_000)
         result["step_after_restart"] = wait_step_above(page, "second", step_before)
