@@ -7,6 +7,7 @@ before training; their margins come from measured runs (see the tests).
 """
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -208,7 +209,7 @@ def test_evaluate_reads_more_samples_with_more_repeats(monkeypatch):
 @needs_world
 def test_training_on_the_world_teaches_the_concept(outlined_run):
     before, after = _before_and_after(OUTLINED, outlined_run)
-    # measured (12 fixed-seed samples, judge): before 0.08 (chance 0.33); after 1.00
+    # measured (12 fixed-seed samples, judge): before 0.00 (chance 0.33); after 1.00
     assert before <= 0.5, before
     assert after >= before + 0.4 and after >= 0.8, (before, after)
 
@@ -217,7 +218,7 @@ def test_training_on_the_world_teaches_the_concept(outlined_run):
 def test_training_on_the_world_teaches_an_object(tmp_path):
     heart = recovery.Concept("heart", "object")
     before, after = _before_and_after(heart, _train_concept(tmp_path, heart, 150))
-    # measured (12 fixed-seed samples, judge): before 0.42 (chance 0.17: "object" leans to hearts); after 1.00
+    # measured (12 fixed-seed samples, judge): before 0.17 (chance 0.17); after 1.00
     assert before <= 0.6, before
     assert after >= before + 0.4 and after >= 0.8, (before, after)
 
@@ -242,7 +243,7 @@ def test_chinese_world_draws_chinese_captions_as_the_english_world_draws_english
     zh = accuracy(judge, sample(pipe_zh, [caption_zh(a) for a in attrs], seeds), attrs)
     en = accuracy(judge, sample(load_pipeline(), [full_caption(a) for a in attrs], seeds), attrs)
     print(f"judge accuracy, Chinese world: {zh}; English world: {en}")
-    # measured (24 samples): Chinese shape 0.79, colour 1.0, style 0.88, background 1.0; English 0.96, 1.0, 0.88, 1.0
+    # measured (24 samples): Chinese shape 0.83, colour 1.0, style 0.92, background 1.0; English 0.88, 1.0, 0.88, 1.0
     for name in ("colour", "texture", "background", "shape"):
         assert zh[name] >= en[name] - 0.2, (name, zh, en)
     assert zh["colour"] >= 0.7 and zh["background"] >= 0.7, zh
@@ -264,8 +265,8 @@ def test_training_on_the_chinese_world_teaches_a_style(tmp_path):
     pipe.load_textual_inversion(str(out / "learned_embeds.pdparams"))
     after = recovery.score(judge, sample(pipe, recovery.fill(prompts, "<条纹风格>"), seeds), prompts)
     print(f"Chinese world, striped style: before {before:.2f}, after {after:.2f}")
-    # measured (12 fixed-seed samples): before 0.17 (chance 0.33), after 1.00
-    assert before <= 0.5 and after >= before + 0.4 and after >= 0.8, (before, after)
+    # measured (12 fixed-seed samples): before 0.42 (chance 0.33; the benchmark's bound is chance + 0.3), after 1.00
+    assert before <= 0.6 and after >= before + 0.4 and after >= 0.8, (before, after)
 
 
 TORCH_PYTHON = WORLD_DIR.parents[1] / ".venv-torch" / "bin" / "python"
@@ -337,10 +338,15 @@ def test_make_toy_world_is_deterministic_per_seed(tmp_path):
     tiny = ["--num_images", "64", "--vae_steps", "3", "--judge_steps", "3", "--judge_reconstructions", "16",
             "--diffusion_steps", "3", "--judge_samples", "2", "--curriculum_steps", "0"]
 
-    def build(name, seed, extra=()):
+    logs = {}
+
+    def build(name, seed, extra=(), threads=None):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # Paddle's default, as a user runs it
         proc = subprocess.run([sys.executable, tool, str(tmp_path / name), "--seed", str(seed), *tiny, *extra],
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600,
+                              env={**env, **({"OMP_NUM_THREADS": threads} if threads else {})})
         assert proc.returncode == 0, proc.stderr[-3000:]
+        logs[name] = proc.stdout
         verify_manifest(tmp_path / name)
         files = json.loads((tmp_path / name / "manifest.json").read_text())["files"]
         return {k: v["sha256"] for k, v in files.items() if k != "world_info.json"}  # it holds the wall time
@@ -348,6 +354,11 @@ def test_make_toy_world_is_deterministic_per_seed(tmp_path):
     first, again, other = build("a", 0), build("b", 0), build("c", 1)
     assert any(k.startswith("unet/") for k in first) and any(k.startswith("judge/") for k in first)
     assert first == again
+    # the same bytes when the VAE and judge come from an earlier build's stage, and with OMP_NUM_THREADS=1 (Paddle's
+    # default here; 2 threads sum in another order and change the weights' bytes)
+    assert build("a-staged", 0, ["--stage_dir", str(tmp_path / "a.stage")]) == first
+    assert "reusing the VAE and judge of" in logs["a-staged"] and "reusing" not in logs["a"]
+    assert build("a-1-thread", 0, threads="1") == first
     unet_weights = "unet/diffusion_paddle_model.safetensors"
     assert unet_weights in first and first[unet_weights] != other[unet_weights]
 

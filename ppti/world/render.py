@@ -135,7 +135,7 @@ def render_batch(seed: int, count: int, **fixed) -> tuple[np.ndarray, list[Attri
     return np.stack([np.asarray(render(a)) for a in attrs]), attrs
 
 
-CAPTION_KEEP = 0.7  # how often caption() names each of colour, texture and background (Recipe.caption_keep)
+CAPTION_KEEP = 0.5  # how often caption() names each of colour, texture and background (Recipe.caption_keep)
 
 
 def phrase(attrs: Attributes, rng: random.Random, keep: float = CAPTION_KEEP, texture: bool = True,
