@@ -342,9 +342,10 @@ def test_make_toy_world_is_deterministic_per_seed(tmp_path):
 
     def build(name, seed, extra=(), threads=None):
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # Paddle's default, as a user runs it
+        if threads:
+            env["OMP_NUM_THREADS"] = threads
         proc = subprocess.run([sys.executable, tool, str(tmp_path / name), "--seed", str(seed), *tiny, *extra],
-                              capture_output=True, text=True, timeout=600,
-                              env={**env, **({"OMP_NUM_THREADS": threads} if threads else {})})
+                              capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         logs[name] = proc.stdout
         verify_manifest(tmp_path / name)
