@@ -281,9 +281,12 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
 
         # -- the language switch relabels the same layout -----------------------------------------------------------
         choose(page, "language", "中文")
-        expect(page.locator("#tab-train-button")).to_have_text("训练", timeout=30_000)
-        result["zh_tabs"] = [page.locator(f"#tab-{t}-button").inner_text()
-                             for t in ("train", "compare", "generate", "export")]
+        tabs = page.locator(", ".join(f"#tab-{t}-button" for t in ("train", "compare", "generate", "export")))
+        expect(tabs).to_have_text(["训练", "比较", "生成", "导出"], timeout=30_000)
+        # Gradio redraws the tab bar as each label arrives and can show one old label for a moment (CI once read
+        # "Train" just after "训练"); what counts is what the page settles on
+        page.wait_for_timeout(2000)
+        result["zh_tabs"] = tabs.all_inner_texts()
         page.click("#tab-train-button")
         screenshot(page, out, "train-zh")
         browser.close()
