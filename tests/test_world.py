@@ -57,6 +57,36 @@ def test_caption_keep_decides_how_much_a_caption_names():
     assert not any(a.colour in t.split() for a, t in zip(attrs, texts))
 
 
+def test_caption_repeat_spans_the_shape_and_style_words_like_a_multi_vector_placeholder():
+    """With caption_repeat the shape word (or "object") and the style word fill a span of 2-3 copies about that
+    often, nothing else is repeated; at 0 no random draw is added, so earlier worlds' captions are unchanged."""
+    import random
+    import re
+
+    from ppti.world.pretrain import Recipe, training_caption
+
+    def spans(text):  # (word, copies) of each run of one word
+        return [(m.group(1), len(m.group(0).split())) for m in re.finditer(r"\b(\w+)(?: \1\b)+", text)]
+
+    _, attrs = render_batch(7, 600)
+    rng = random.Random(0)
+    lengths = []
+    for a in attrs:
+        text = caption(a, rng, keep=1.0, repeat=1.0)
+        found = spans(text)
+        assert {w for w, _ in found} <= {a.shape, "object", a.texture, "pattern"}, text
+        slots = ("style of" in text) + any(w in text.split() for w in (a.shape, "object"))
+        assert len(found) == slots, text
+        lengths += [n for _, n in found]
+    assert set(lengths) == {2, 3} and min(lengths.count(2), lengths.count(3)) > 200, lengths
+    plain, same = random.Random(2), random.Random(2)
+    assert [caption(a, plain) for a in attrs] == [caption(a, same, repeat=0.0) for a in attrs]
+    recipe = Recipe(curriculum_steps=0, full_caption_fraction=0.0, caption_dropout=0.0, caption_repeat=0.2)
+    texts = [training_caption(a, rng, recipe, 1) for a in attrs]
+    spanned = sum(bool(spans(t)) for t in texts) / len(texts)
+    assert 0.12 < spanned < 0.35, spanned  # the shape word 0.2 of the time, the style word another 0.2 of some
+
+
 def test_training_captions_follow_the_curriculum():
     """During the curriculum every caption is the full one (or empty, for guidance); after it, about
     full_caption_fraction of them; with neither, the draws are caption()'s own, in the same random stream."""

@@ -84,6 +84,7 @@ class Recipe:
     curriculum_steps: int = 2000  # first half: red solid shapes on white only; all of it: full captions
     full_caption_fraction: float = 0.1  # after the curriculum: this share of captions is full_caption, not caption()
     caption_keep: float = CAPTION_KEEP  # caption(): each of colour, texture and background named this often
+    caption_repeat: float = 0.0  # caption(): shape and style words fill a 2-3 token span this often (multi-vector)
     distill_steps: int = 1500  # language "zh": steps distilling the Chinese BERT from the English world (chinese.py)
 
 
@@ -246,7 +247,7 @@ def training_caption(attrs, rng: random.Random, recipe: Recipe, step: int) -> st
     fraction = recipe.full_caption_fraction
     if step <= recipe.curriculum_steps or (fraction and rng.random() < fraction):
         return full_caption(attrs)
-    return caption(attrs, rng, recipe.caption_keep)
+    return caption(attrs, rng, recipe.caption_keep, recipe.caption_repeat)
 
 
 def train_diffusion(unet, text_encoder, tokenizer, latents: tuple, attrs: list, scaling: float, recipe: Recipe,

@@ -148,23 +148,33 @@ def phrase(attrs: Attributes, rng: random.Random, keep: float = CAPTION_KEEP, te
     return text + (f" on a {attrs.background} background" if rng.random() < keep else "")
 
 
-def caption(attrs: Attributes, rng: random.Random, keep: float = CAPTION_KEEP) -> str:
+def spanned(word: str, rng: random.Random, repeat: float) -> str:
+    """`word`, or with probability `repeat` the same word 2 or 3 times: the span a multi-vector placeholder fills."""
+    if not repeat or rng.random() >= repeat:  # no draw at all when 0: caption()'s stream stays the earlier worlds'
+        return word
+    return " ".join([word] * rng.choice((2, 3)))
+
+
+def caption(attrs: Attributes, rng: random.Random, keep: float = CAPTION_KEEP, repeat: float = 0.0) -> str:
     """A random English caption that is true of `attrs`, in the forms textual inversion will prompt with.
 
     Object templates ("a photo of a {}") around a phrase; style templates ("a painting in the style of {}") around
     the texture word; and "... in the style of <texture>" after an object phrase. The shape is replaced by the
     neutral "object" (and the texture by "pattern") now and then, so those words mean "any shape/style". Each of
-    colour, texture and background is named with probability `keep`.
+    colour, texture and background is named with probability `keep`. With probability `repeat` the shape word and
+    the style word each fill a span of 2-3 tokens ("a photo of a star star"), as a placeholder of `--num_vectors`
+    2 or 3 does (tried at 0.1 and 0.2, not shipped: the shipped world took "object object object" for a star in 0.79
+    of the samples, these worlds in 0.50 and 0.58; README, "What was tried").
     """
     form = rng.random()
     if form < 0.2:
         word = NEUTRAL_STYLE if rng.random() < 0.15 else attrs.texture
-        return rng.choice(STYLE_EN).format(word)
-    shape_word = NEUTRAL_OBJECT if rng.random() < 0.15 else None
+        return rng.choice(STYLE_EN).format(spanned(word, rng, repeat))
+    shape_word = spanned(NEUTRAL_OBJECT if rng.random() < 0.15 else attrs.shape, rng, repeat)
     if form < 0.35:
         word = NEUTRAL_STYLE if rng.random() < 0.15 else attrs.texture
         text = phrase(attrs, rng, keep, texture=False, shape_word=shape_word)
-        return rng.choice(OBJECT_EN).format(text) + f" in the style of {word}"
+        return rng.choice(OBJECT_EN).format(text) + f" in the style of {spanned(word, rng, repeat)}"
     return rng.choice(OBJECT_EN).format(phrase(attrs, rng, keep, shape_word=shape_word))
 
 
