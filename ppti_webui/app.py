@@ -219,17 +219,16 @@ class Handlers:
     def tick(self, lang, name, shown):
         """Live view of the selected run (or the newest one). `shown` avoids resending an unchanged plot/grid."""
         names = self.run_names()
-        selected = bool(name)
-        if not name and names:
-            name = names[0]
+        newest = names[0] if names else None
+        # The timer fills in an empty selection only. A tick sent before Start (or a pick) and answered after it
+        # carries the old name: setting it back would leave the page showing the previous run.
+        dropdown = gr.update(choices=names) if name else gr.update(choices=names, value=newest)
+        name = name or newest
         run_dir = self.selected_dir(name)
         state = read_state(run_dir) if run_dir else None
         key = (name, state.step if state else -1, str(state.grid) if state else "")
         plot = loss_frame(state) if key != shown else gr.skip()
         grid = (str(state.grid) if state and state.grid else None) if key != shown else gr.skip()
-        # The timer fills in an empty selection only. A tick sent before Start (or a pick) and answered after it
-        # carries the old name: setting it back would leave the page showing the previous run.
-        dropdown = gr.update(choices=names) if selected else gr.update(choices=names, value=name)
         return status_line(state, lang), progress_html(state), plot, grid, dropdown, key
 
     def compare(self, name):
