@@ -433,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         kind, choices = _field_kind(f)
         help_text = f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})")
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings: "2-4% of ..." must stay literal
         if kind is bool:
             parser.add_argument(f"--{f.name}", action=_BooleanFlag, help=help_text)
         elif kind is list:  # repeatable: --validation_prompt "a" --validation_prompt "b"

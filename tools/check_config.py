@@ -69,7 +69,7 @@ def serve() -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["-h"], ["--help"]) or not argv:
-        print(__doc__)
+        print(f"usage: {PROG} config|placeholder|serve [FLAG ...]\n\n{__doc__}")
         return 0 if argv else 2
     quiet_build_warnings()
     if argv == ["serve"]:
