@@ -38,10 +38,12 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any, help: str, **extra: Any) -> Any:
-    """A dataclass field carrying its command-line help text."""
+    """A dataclass field carrying its command-line help text. secret=True marks a credential: left out of repr,
+    to_dict() and so of train_config.yaml, checkpoints and logs (see SECRET_FIELDS)."""
+    shown = not extra.get("secret", False)
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
+        return field(default_factory=lambda: list(default), repr=shown, metadata={"help": help, **extra})
+    return field(default=default, repr=shown, metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,11 @@ class TrainConfig:
     )
     # --- hub -------------------------------------------------------------------------------------------
     push_to_hub: bool = _f(False, "Upload output_dir to the Hugging Face Hub at the end of training.")
-    hub_token: Optional[str] = _f(None, "The token to use to push to the Model Hub.")
+    hub_token: Optional[str] = _f(
+        None, "The token to use to push to the Model Hub. Prefer `huggingface-cli login` or the HF_TOKEN environment "
+        "variable: a token typed here shows in the process list and the shell history. Never written to any file, "
+        "log or upload.", secret=True,
+    )
     hub_model_id: Optional[str] = _f(None, "The Hub repository name (default: the name of output_dir).")
 
     # ---------------------------------------------------------------------------------------------------
@@ -237,7 +243,8 @@ class TrainConfig:
         return [prompts] if isinstance(prompts, str) else list(prompts)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every value but the credentials (SECRET_FIELDS): what train_config.yaml and checkpoints hold."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
 
     def problems(self) -> list[str]:
         """Every problem with the values, each naming its flag; empty when the config is valid."""
@@ -332,12 +339,16 @@ class TrainConfig:
                 try:
                     text.encode("utf-8") if isinstance(text, str) else None
                 except UnicodeEncodeError:
-                    shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+                    shown = "..." if f.name in SECRET_FIELDS else text.encode("utf-8", "backslashreplace").decode()
                     out.append(f"--{f.name} '{shown}' is not valid UTF-8 "
                                "(the terminal passed bytes in another encoding); set a UTF-8 locale, e.g. "
                                "LANG=C.UTF-8, and type it again")
                     break
         return out
+
+
+# Credentials (fields marked secret=True): never written to train_config.yaml, checkpoints, logs or uploads.
+SECRET_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("secret"))
 
 
 def caption_problems(config: TrainConfig) -> list[str]:
