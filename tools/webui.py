@@ -1,6 +1,7 @@
 """The ppti web page: train, watch, compare, generate and export textual-inversion concepts in a browser.
 
     python tools/webui.py [--host 127.0.0.1] [--port 7860] [--workspace webui-workspace] [--language en|zh]
+    python tools/webui.py --host 0.0.0.0 --auth_file ~/.ppti-webui-login   # other machines: a login is required
 
 Run it with the project's environment active (`. .venv/bin/activate`). The first start creates the page's own
 environment, .venv-webui (Gradio; requirements-webui.txt), and restarts itself inside it; the page then runs the
@@ -9,18 +10,15 @@ project's Python. Every file the page accepts or writes stays inside --workspace
 """
 
 import argparse
-import ipaddress
 import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from ppti.tool_cli import tool_parser  # noqa: E402 (standard library only)
-from ppti_webui import venv  # noqa: E402 (standard library only)
+from ppti.tool_cli import tool_parser  # (standard library only)
+from ppti_webui import security, venv  # (standard library only)
 
-LOCAL_HOSTS = ("localhost",)
 # Small training grids (64 px models) are shown enlarged, pixels kept sharp.
 CSS = "#grid img, #generated img {min-width: 50%; object-fit: contain; image-rendering: pixelated}"
 
@@ -31,6 +29,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Address to listen on (default 127.0.0.1: this machine only). Anything else lets other "
                              "machines start training and read the workspace: only on a network you trust.")
     parser.add_argument("--port", type=int, default=7860, help="Port (default 7860).")
+    parser.add_argument("--auth", default=None, metavar="USER:PASSWORD",
+                        help="Ask for this login (HTTP Basic) on every request: the page, its API, its files. "
+                             "Required with a --host other than loopback. Shows in the process list: prefer "
+                             "--auth_file.")
+    parser.add_argument("--auth_file", type=Path, default=None, metavar="FILE",
+                        help="As --auth, from the first line of FILE (USER:PASSWORD; keep it readable by you only).")
+    parser.add_argument("--allow_host", action="append", default=[], metavar="NAME",
+                        help="Another host name the page answers to, e.g. this machine's DNS name behind --host "
+                             "0.0.0.0 (loopback names and --host always are). Requests naming any other host get "
+                             "403 (DNS rebinding). Repeatable.")
     parser.add_argument("--workspace", type=Path, default=Path("webui-workspace"),
                         help="The folder the page reads and writes: models, uploaded images, runs (default "
                              "./webui-workspace). Paths typed into the page are relative to it.")
@@ -42,26 +50,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error(f"--port must be in 1..65535 (got {args.port})")
+    try:  # (before the page's environment is created: a refused start costs nothing)
+        args.login = security.read_auth(args.auth, args.auth_file)
+        security.check_exposure(args.host, args.login)
+    except security.SecurityError as exc:
+        parser.error(str(exc))
     return args
 
 
-def is_loopback(host: str) -> bool:
-    if host in LOCAL_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def warn_if_exposed(host: str) -> None:
-    if not is_loopback(host):
+    if not security.is_loopback(host):
         bar = "!" * 100
         print(f"{bar}\nWARNING: the page listens on {host}, not only on this machine (127.0.0.1).\n"
-              "Anyone who can reach this address can start training, upload images and download every run in the "
-              "workspace.\nUse --host 127.0.0.1 (the default) unless this network is trusted.\n"
-              f"警告：页面在 {host} 上监听，其他机器也能访问并启动训练、下载工作区文件。除非网络可信，请使用默认的 "
-              f"--host 127.0.0.1。\n{bar}", file=sys.stderr, flush=True)
+              "Anyone who can reach this address and has the login can start training, upload images and download "
+              "every run in the workspace; the login and the files travel unencrypted (plain HTTP).\n"
+              "Use --host 127.0.0.1 (the default) unless this network is trusted.\n"
+              f"警告：页面在 {host} 上监听，其他机器也能访问；有登录信息的人可以启动训练、下载工作区文件，"
+              f"登录信息和文件以明文（HTTP）传输。除非网络可信，请使用默认的 --host 127.0.0.1。\n{bar}",
+              file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -76,13 +82,15 @@ def main(argv=None) -> int:
         os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv, *project])
     if args.setup_only:
         return 0
+    from ppti_webui.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    security.prepare_temp_dir(workspace.root)  # Gradio's files inside the workspace: set before Gradio is imported
     from ppti_webui.app import Page, build
     from ppti_webui.project import ProjectTools
     from ppti_webui.runs import Runs, project_python_default
-    from ppti_webui.workspace import Workspace
 
     project_python = args.project_python or project_python_default(REPO)
-    workspace = Workspace(args.workspace)
     tools = ProjectTools(project_python, REPO, workspace.root)
     page = Page(workspace, Runs(workspace, project_python, REPO), tools, default_model=args.model)
     warn_if_exposed(args.host)
@@ -92,6 +100,7 @@ def main(argv=None) -> int:
             server_name=args.host, server_port=args.port, max_file_size="20mb", show_error=False, quiet=True,
             footer_links=[], mcp_server=False, ssr_mode=False, enable_monitoring=False, css=CSS,
             allowed_paths=[str(workspace.runs)],  # grids, generated images and exports (not models or uploads)
+            app_kwargs=security.app_kwargs(security.served_names(args.host, args.allow_host), args.login),
         )
     finally:
         tools.close()
