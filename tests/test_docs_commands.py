@@ -328,3 +328,40 @@ def test_extraction_of_continuations_chains_and_inline_spans(tmp_path, monkeypat
         ("python", "tools/selfcheck.py", "--nproc", "2"),
         ("python", "tools/convert.py", "a", "--to", "torch"),
     ]
+
+
+def _github_anchor(heading: str) -> str:
+    """GitHub's heading id: lower case, punctuation dropped (CJK characters kept), spaces -> hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    anchors, fence = set(), False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and (m := re.match(r"#{1,6} (.*)", line)):
+            anchors.add(_github_anchor(m.group(1)))
+    return anchors
+
+
+def test_links_between_the_readmes_and_docs_resolve():
+    """Every relative link (file and #anchor) in the READMEs and docs/ points at something that exists, and every
+    docs/ page is linked from both READMEs (the topics that moved out of them stay reachable)."""
+    broken = []
+    for page in DOC_FILES:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            file_part, _, anchor = target.partition("#")
+            linked = (page.parent / file_part).resolve() if file_part else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+    for readme, folder in (("README.md", "docs"), ("README_zh.md", "docs/zh")):
+        text = (REPO / readme).read_text(encoding="utf-8")
+        unlinked = [p.name for p in sorted((REPO / folder).glob("*.md")) if f"]({folder}/{p.name}" not in text]
+        assert not unlinked, f"{readme} does not link {folder}/: {unlinked}"
