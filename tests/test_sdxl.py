@@ -228,7 +228,7 @@ def _step_inputs(model: Path, out: Path, prediction_type: str) -> tuple[Path, pa
 
 
 @needs_torch
-def test_loss_and_both_gradients_match_the_diffusers_sdxl_computation(tmp_path):
+def test_step_parity_loss_and_both_gradients_match_the_diffusers_sdxl_computation(tmp_path):
     """Epsilon and v-prediction: loss and the gradients on both row sets within 1e-5 relative."""
     from ppti.tiny import make_tiny_model
 
