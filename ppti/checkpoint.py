@@ -228,8 +228,11 @@ def _device_index(device: str) -> Optional[int]:
 
 
 def _generator_state(state) -> list:
-    device, seed, offset, mt = state.__getstate__()  # Paddle's pickle protocol for GeneratorState
-    return [device, seed, offset, bytes(mt).decode("latin-1")]
+    """[device, seed, offset] and, where this build has it, the engine state (as text): Paddle's pickle protocol
+    for GeneratorState gives (device, current_seed, thread_offset[, rng_state]) -- three values in some builds
+    (older CUDA ones), four in others (the 3.3.1 CPU wheel)."""
+    device, seed, offset, *engine = state.__getstate__()
+    return [device, seed, offset] + [bytes(mt).decode("latin-1") for mt in engine[:1]]
 
 
 def save_checkpoint(config: TrainConfig, step: int, rows_params, optimizer, lr_scheduler, loss_scaler,
@@ -482,7 +485,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(mt), gauss))
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    paddle.set_rng_state([_generator(s) for s in states["paddle"]["cpu"]], "cpu")
+    cpu_now = paddle.get_rng_state("cpu")
+    paddle.set_rng_state([_generator(s, cpu_now[min(i, len(cpu_now) - 1)])
+                          for i, s in enumerate(states["paddle"]["cpu"])], "cpu")
     saved_device, here = states["paddle_device"], paddle.get_device()
     saved = states["paddle"].get("current_device")
     if "device" in states["paddle"]:  # older checkpoints held every visible GPU's state
@@ -499,17 +504,21 @@ def set_rng_states(states: dict[str, Any]) -> None:
                  "seed (the CPU's stream has no GPU counterpart)", here)
         return
     generators = paddle.get_rng_state()  # one per visible device, however many this machine has
-    generators[index] = _generator([index, *saved[1:]])
+    generators[index] = _generator([index, *saved[1:]], generators[index])
     paddle.set_rng_state(generators)
     if saved_device != here:
         log.info("the checkpoint was written on %s: its generator state continues on %s", saved_device, here)
 
 
-def _generator(saved: list):
-    import paddle
-
-    device, seed, offset, mt = saved
-    state_type = type(paddle.get_rng_state("cpu")[0])
-    state = state_type.__new__(state_type)
-    state.__setstate__((device, seed, offset, list(mt.encode("latin-1"))))
+def _generator(saved: list, template):
+    """A generator state of this build holding a saved one. `template`, a state this build gave for the same
+    generator, decides the type and the number of values: a four-value build restores the engine state saved by
+    one (from a three-value checkpoint it keeps the template's: there is none to restore); a three-value build
+    takes the first three."""
+    now = template.__getstate__()
+    values = list(saved[:3])
+    if len(now) > 3:
+        values.append(list(saved[3].encode("latin-1")) if len(saved) > 3 else now[3])
+    state = type(template).__new__(type(template))
+    state.__setstate__(tuple(values))
     return state

@@ -24,7 +24,7 @@ from .captions import load_captions
 from .conditioning import Conditioning, build_conditioning
 from .config import DEFAULT_MAX_TRAIN_STEPS, ConfigError, TrainConfig, check_paths
 from .data import ExampleStream, RankBatches, StreamLayout, load_concept_images
-from .determinism import make_deterministic
+from .determinism import deterministic_upsampling, make_deterministic
 from .distributed import (
     DistContext, agree_on_step, barrier, init_distributed, no_sync, report_failures_to_main_rank, wrap_data_parallel,
 )
@@ -154,7 +154,7 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     captions = load_captions(config, images.paths)  # every image has one (with --caption_source files|both)
     precision = resolve_precision(config.mixed_precision)  # refuses a dtype this device cannot compute in
     if config.deterministic:
-        make_deterministic()
+        make_deterministic()  # (before the models load: ppdiffusers reads its environment variable)
     check_prompt_room(config)  # --num_vectors against the prompt length, from the tokenizer alone
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     paddle.seed(seed + ctx.rank)
@@ -162,6 +162,8 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     # 2. models, then the placeholder tokens (they change the tokenizer and the text encoder's embedding)
     components = components or load_components(config.pretrained_model_name_or_path, config.tokenizer_name)
     prepare_frozen_models(components, precision)  # no weight gradients; compute dtype (before the fp32 rows exist)
+    if config.deterministic:
+        deterministic_upsampling(components.unet)  # this UNet's nearest upsampling, without atomic adds
     conditioning = build_conditioning(components, config.placeholder_tokens(), config.initializer_token)
 
     # 3. prompts: templates in the model's language and/or captions, tokenized once per text encoder (before any
