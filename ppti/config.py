@@ -250,6 +250,7 @@ class TrainConfig:
         """Every problem with the values, each naming its flag; empty when the config is valid."""
         out: list[str] = []
         out += self._encoding_problems()
+        out += control_character_problems(self)
         for name in ("pretrained_model_name_or_path", "train_data_dir", "placeholder_token", "initializer_token"):
             if not getattr(self, name):
                 out.append(f"--{name} is required")
@@ -268,7 +269,7 @@ class TrainConfig:
                 word in self.placeholder_tokens()[:MAX_NUM_VECTORS] for word in self.initializer_token.split()):
             out.append(f"--initializer_token {self.initializer_token!r} is the placeholder itself, a new word "
                        "without an embedding yet; give an existing word close to the concept (one the tokenizer already knows)")
-        if self.templates is not None:
+        if self.templates is not None and not _has_control_characters(self.templates):
             out += parse_template_file(self.templates)[1]
         out += caption_problems(self)
         out += bucket_problems(self)
@@ -354,19 +355,46 @@ SECRET_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("sec
 def caption_problems(config: TrainConfig) -> list[str]:
     out = []
     uses_captions = config.caption_source != "templates"
-    if not config.caption_extension.startswith(".") or len(config.caption_extension) < 2:
-        out.append(f"--caption_extension {config.caption_extension!r} must start with a dot, e.g. '.txt'")
+    extension = config.caption_extension
+    if not extension.startswith(".") or len(extension) < 2 or any(c in extension for c in "/\\") \
+            or _has_control_characters(extension):
+        out.append(f"--caption_extension {extension!r} must be a file extension: a dot, then letters, e.g. '.txt' "
+                   "(no '/')")
     if config.caption_template is not None:
         if not uses_captions:
             out.append("--caption_template needs --caption_source files or both (templates mode reads no captions)")
         problem = caption_template_problem(config.caption_template)
         if problem:
             out.append(f"--caption_template {config.caption_template!r} {problem}")
-    if config.templates is not None and config.caption_source != "both":
+    if config.templates is not None and config.caption_source != "both" \
+            and not _has_control_characters(config.templates):
         with_caption = [t for t in parse_template_file(config.templates)[0] if "{caption}" in t]
         if with_caption:
             out.append(f"--templates {config.templates}: {with_caption[0]!r} uses {{caption}}; that needs "
                        "--caption_source both")
+    return out
+
+
+# Options naming files or folders: a control character there is a typo (or a forged request), and Python refuses
+# paths with NUL deep inside (ValueError: embedded null byte); refused here, before any model loads.
+PATH_OPTIONS = ("pretrained_model_name_or_path", "train_data_dir", "output_dir", "logging_dir", "tokenizer_name",
+                "templates", "resume_from_checkpoint")
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def control_character_problems(config: TrainConfig) -> list[str]:
+    """A NUL in any text option, any control character in a path option."""
+    out = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and ("\0" in text or f.name in PATH_OPTIONS and _has_control_characters(text)):
+                shown = text.encode("unicode_escape").decode("ascii")
+                out.append(f"--{f.name} '{shown}' contains a control character (such as NUL); type it again")
+                break
     return out
 
 

@@ -59,6 +59,9 @@ def check_placeholder(model: str, placeholder_token: str, initializer_token: str
         if _looks_like_hub_id(model):
             return f"{model} is a Hub id: the tokens are checked when training starts"
         raise CheckFailed(f"--pretrained_model_name_or_path {model}: no such directory")
+    if not (folder / "tokenizer").is_dir():  # (a folder of models, or one component of a model)
+        raise CheckFailed(f"--pretrained_model_name_or_path {model}: no tokenizer/ folder; point it at a Stable "
+                          "Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
     from .tokens import TokenError, add_placeholder_tokens, clone_tokenizer, describe_tokenizer, initializer_ids
 
     logging.getLogger("ppti").setLevel(logging.ERROR)  # initializer_ids logs its pieces; we return them instead

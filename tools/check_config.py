@@ -12,13 +12,9 @@ with. `serve` answers many questions from one process (the tokenizer stays loade
 import argparse
 import json
 import sys
-from pathlib import Path
 
-# Runnable as `python tools/check_config.py` from a checkout: put the repo root (holding `ppti/`) first.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ppti.preflight import CheckFailed, check_config, check_placeholder  # noqa: E402
-from ppti.tool_cli import quiet_build_warnings  # noqa: E402
+from ppti.preflight import CheckFailed, check_config, check_placeholder
+from ppti.tool_cli import quiet_build_warnings
 
 PROG = "check_config.py"
 
@@ -50,6 +46,9 @@ def answer(argv: list[str]) -> tuple[int, str]:
         return 2, f"error: {PROG}: the first word must be config, placeholder or serve (see --help)"
     except CheckFailed as exc:
         return 2, f"error: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a check that broke still answers in one line, never a traceback
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return 2, f"error: {PROG}: the check failed ({type(exc).__name__}: {first}); the trainer would say more"
 
 
 def serve() -> int:
