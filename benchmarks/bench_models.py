@@ -24,11 +24,9 @@ example's optimizer state and its row restore have their real sizes.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 CLIP_VOCAB_SIZE = 49408  # CLIP ViT-L/14's tokenizer (SD-1.x)
 

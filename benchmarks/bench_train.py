@@ -42,7 +42,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(HERE)]
 
 DEFAULT_RESOLUTION = {"tiny": 64, "small": 128, "sd15": 256, "sdxl": 256}
 EXAMPLE, PPTI_DEFAULTS = "example (ppdiffusers algorithm)", "ppti defaults"

@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from ppti.tool_cli import tool_parser  # noqa: E402
-from ppti.world.recovery import CONCEPTS  # noqa: E402
-from ppti.world.shipped import WORLD_DIR  # noqa: E402
+from ppti.tool_cli import tool_parser
+from ppti.world.recovery import CONCEPTS
+from ppti.world.shipped import WORLD_DIR
 
 
 def parse_args(argv=None):

@@ -10,13 +10,11 @@ Both are enlarged 4x (nearest neighbour) and labelled.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import yaml
+from PIL import Image, ImageDraw
 
-import yaml  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from ppti.validation import image_grid, render  # noqa: E402
-from ppti.world.shipped import load_pipeline  # noqa: E402
+from ppti.validation import image_grid, render
+from ppti.world.shipped import load_pipeline
 
 SCALE = 4
 

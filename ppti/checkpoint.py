@@ -39,19 +39,17 @@ import yaml
 
 from .atomic import TMP_MARK, atomic_write_text, set_normal_permissions, write_errors
 from .config import ConfigError, TrainConfig, to_yaml
-from .outputs import ROW_FILE_SUFFIXES  # one rows file per text encoder (SDXL: learned_embeds_2.pdparams)
+from .runfiles import (CHECKPOINT_NAME, CHECKPOINTS_DIR, CONFIG_FILE, ROW_FILE_SUFFIXES, checkpoint_name,
+                       embeddings_name)
 
 log = logging.getLogger("ppti")
 
-CHECKPOINTS_DIR = "checkpoints"
-ROWS_FILE = "learned_embeds.pdparams"
+ROWS_FILE = f"{embeddings_name()}.pdparams"  # one per text encoder: see rows_file
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_state.json"
-CONFIG_FILE = "train_config.yaml"
 MARKER_FILE = "checkpoint_complete.json"
 STATE_FORMAT = 1
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 # Settings a resumed run must share with its checkpoint: the rows belong to them.
 MUST_MATCH = ("pretrained_model_name_or_path", "tokenizer_name", "placeholder_token", "num_vectors")
@@ -65,7 +63,7 @@ NOT_COMPARED = ("resume_from_checkpoint", "seed", "train_batch_size")
 
 def rows_file(suffix: str) -> str:
     """ROWS_FILE of the text encoder whose ROW_FILE_SUFFIXES entry is `suffix` (SDXL's second: ..._2.pdparams)."""
-    return ROWS_FILE.replace(".pdparams", f"{suffix}.pdparams")
+    return f"{embeddings_name(encoder=ROW_FILE_SUFFIXES.index(suffix))}.pdparams"
 
 
 class CheckpointError(ConfigError):
@@ -110,7 +108,7 @@ def checkpoints_root(output_dir: str | Path) -> Path:
 
 
 def is_complete(path: Path) -> bool:
-    return _NAME.match(path.name) is not None and (path / MARKER_FILE).is_file()
+    return CHECKPOINT_NAME.match(path.name) is not None and (path / MARKER_FILE).is_file()
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -124,8 +122,8 @@ def _complete_in(root: Path) -> list[tuple[int, Path]]:
     found = []
     for path in root.iterdir():
         if path.is_dir() and is_complete(path):
-            found.append((int(_NAME.match(path.name).group(1)), path))
-        elif path.is_dir() and _NAME.match(path.name):
+            found.append((int(CHECKPOINT_NAME.match(path.name).group(1)), path))
+        elif path.is_dir() and CHECKPOINT_NAME.match(path.name):
             log.warning("ignoring %s: no %s (incomplete checkpoint)", path, MARKER_FILE)
     return sorted(found)
 
@@ -240,7 +238,7 @@ def save_checkpoint(config: TrainConfig, step: int, rows_params, optimizer, lr_s
     """Write output_dir/checkpoints/checkpoint-{step}/ atomically, then keep the newest --checkpoints_total_limit.
     `loss_scaler` is the precision.LossScaler (scale, clean steps, skipped steps)."""
     root = checkpoints_root(config.output_dir)
-    final = root / f"checkpoint-{step}"
+    final = root / checkpoint_name(step)
     with write_errors(final):  # a full disk: one line, the previous checkpoints untouched, no temporary left
         _save_checkpoint_files(config, step, rows_params, optimizer, lr_scheduler, loss_scaler, facts, final)
     log.info("saved checkpoint %s", final)
@@ -327,7 +325,7 @@ def resolve_checkpoint(config: TrainConfig) -> Optional[Path]:
     if not path.is_dir():
         raise CheckpointError(f"--resume_from_checkpoint {wanted}: no such directory (give a checkpoint-N folder "
                               f"or 'latest')")
-    if not _NAME.match(path.name) and (path / CHECKPOINTS_DIR).is_dir():
+    if not CHECKPOINT_NAME.match(path.name) and (path / CHECKPOINTS_DIR).is_dir():
         raise CheckpointError(
             f"--resume_from_checkpoint {wanted}: this is a run's output directory; use --output_dir {wanted} "
             f"--resume_from_checkpoint latest, or one of its {CHECKPOINTS_DIR}/checkpoint-N folders")

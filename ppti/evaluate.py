@@ -30,15 +30,11 @@ from .config import TrainConfig, parse_config
 from .evaluation.clip import DEFAULT_CLIP, ClipScorer, EvaluationError, mean_cosine
 from .evaluation.prompts import EvaluationPrompts, builtin_prompts, read_prompts_file, without_placeholder
 from .evaluation.scores import Row, recommend, write_tables
-from .embeddings.formats import SDXL_ENCODERS, second_encoder_path  # (learned_embeds_2[-steps-N]: SDXL)
-from .outputs import ROW_FILE_SUFFIXES, saved_steps
+from .runfiles import (BEST_FILE, CONTACT_SHEET, EMBEDDING_SUFFIXES, EVALUATION_DIR, ROW_FILE_SUFFIXES, SCORES_PLOT,
+                       embeddings_file, is_sdxl_run, saved_steps, second_encoder_path)
+from .runfiles import load_line as load_file_line
 
 log = logging.getLogger("ppti")
-
-EVALUATION_DIR = "evaluation"
-BEST_FILE = "learned_embeds-best.pdparams"
-EMBEDDING_SUFFIXES = (".pdparams", ".safetensors", ".bin", ".pt")  # preferred first when a step has several
-FINAL_STEM = "learned_embeds"
 
 Judge = Callable[[int, dict], dict]
 
@@ -84,17 +80,13 @@ def saved_paths(run_dir: Path) -> list[tuple[Optional[int], Path]]:
     one file per step, the first of EMBEDDING_SUFFIXES present."""
     if not run_dir.is_dir():
         raise EvaluationError(f"RUN_DIR {run_dir}: no such directory; give a training --output_dir")
-    final = next((p for p in (run_dir / f"{FINAL_STEM}{s}" for s in EMBEDDING_SUFFIXES) if p.is_file()), None)
+    final = embeddings_file(run_dir, suffixes=EMBEDDING_SUFFIXES)
     found = saved_steps(run_dir, EMBEDDING_SUFFIXES) + ([(None, final)] if final else [])
     if not found:
         raise EvaluationError(f"RUN_DIR {run_dir}: no saved embeddings (learned_embeds-steps-N or learned_embeds "
                               f"with suffix {'/'.join(EMBEDDING_SUFFIXES)}); train with --save_steps N, or point at "
                               "the run's --output_dir")
     return found
-
-
-def is_sdxl_run(run_dir: Path) -> bool:
-    return any(run_dir.glob(f"{FINAL_STEM}{ROW_FILE_SUFFIXES[1]}*"))
 
 
 def read_saved(paths: Sequence[tuple[Optional[int], Path]], num_vectors: int, sdxl: bool = False) -> list[SavedFile]:
@@ -317,8 +309,8 @@ def write_outputs(out_dir: Path, rows: list[Row], pictures: list, num_reconstruc
     from .evaluation.drawing import contact_sheet, plot
 
     written = write_tables(out_dir, rows, recommended)
-    for name, image in (("scores.png", plot(rows, recommended)),
-                        ("contact_sheet.png", contact_sheet(rows, pictures, num_reconstruction, recommended))):
+    for name, image in ((SCORES_PLOT, plot(rows, recommended)),
+                        (CONTACT_SHEET, contact_sheet(rows, pictures, num_reconstruction, recommended))):
         with atomic_path(out_dir / name) as tmp:
             image.save(tmp, format="PNG")
         written.append(out_dir / name)
@@ -346,8 +338,4 @@ def copy_best(run_dir: Path, token: str, rows: Sequence[np.ndarray]) -> list[Pat
 
 def load_line(run_dir: Path, row: Row) -> str:
     """The line that loads the recommended embedding into a ppdiffusers pipeline (SDXL: one per text encoder)."""
-    path, second = run_dir / row.file, second_encoder_path(run_dir / row.file)
-    if not second.is_file():
-        return f'pipe.load_textual_inversion("{path}")'
-    return "\n".join(f'pipe.load_textual_inversion("{p}", text_encoder=pipe.{e}, tokenizer=pipe.{t})'
-                     for p, (_, e, t) in zip((path, second), SDXL_ENCODERS))
+    return load_file_line(run_dir / row.file)

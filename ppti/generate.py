@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from .embeddings import Embedding, read_embeddings
 from .embeddings.convert import read_one_or_pair, resolve_input
-from .embeddings.formats import SDXL_ENCODERS
+from .runfiles import CONFIG_FILE, EMBEDDINGS_STEM, SAVED_SUFFIXES, SDXL_ENCODERS, embeddings_name, saved_steps
 
 log = logging.getLogger("ppti")
 
@@ -47,8 +47,8 @@ def read_embedding_args(paths: Sequence[Path]) -> list[Embedding]:
     embeddings: list[Embedding] = []
     source: dict[str, Path] = {}
     for path in map(Path, paths):
-        if path.is_dir() and not list(path.glob("learned_embeds.*")):
-            raise GenerateError(f"--embeddings {path}: a folder without learned_embeds.pdparams/.safetensors; give "
+        if path.is_dir() and not list(path.glob(f"{embeddings_name()}.*")):
+            raise GenerateError(f"--embeddings {path}: a folder without {EMBEDDINGS_STEM}.pdparams/.safetensors; give "
                                 "an embedding file or a training output_dir (for its saved steps: --steps_sweep)")
         file = resolve_input(path)
         found = read_embeddings(file)
@@ -116,9 +116,7 @@ def step_files(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, file) of every learned_embeds-steps-N in a training output_dir, by step (.pdparams preferred)."""
     if not run_dir.is_dir():
         raise GenerateError(f"--steps_sweep {run_dir}: no such directory (give a training --output_dir)")
-    from .outputs import saved_steps
-
-    found = saved_steps(run_dir, (".pdparams", ".safetensors"))
+    found = saved_steps(run_dir, SAVED_SUFFIXES)
     if not found:
         raise GenerateError(f"--steps_sweep {run_dir}: no learned_embeds-steps-N files (the trainer writes one "
                             "every --save_steps)")
@@ -190,8 +188,6 @@ def run_dtype(paths: Sequence[Path]) -> Optional[str]:
     """The --mixed_precision of the training run the first of `paths` belongs to, as a --dtype value (fp32, fp16,
     bf16); None when no path is in (or is) a training output_dir with a train_config.yaml."""
     import yaml
-
-    from .outputs import CONFIG_FILE
 
     for path in map(Path, paths):
         for folder in (path, path.parent):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
@@ -13,13 +12,13 @@ import numpy as np
 from .atomic import atomic_dir, atomic_write_text, write_errors
 from .config import ConfigError, TrainConfig, to_yaml
 from .embeddings import write_embeddings
+from .runfiles import (CHECKPOINTS_DIR, CONCEPT_FILE, CONFIG_FILE, EMBEDDINGS_STEM, SAVED_SUFFIXES, TOKEN_FILE,
+                       VALIDATION_DIR, embeddings_name)
 
 log = logging.getLogger("ppti")
 
-CONFIG_FILE = "train_config.yaml"
 # What a run leaves in output_dir besides learned_embeds* and its logs: any of them means "a run was here".
-RUN_FILES = (CONFIG_FILE, "token_identifier.txt", "type_of_concept.txt", "checkpoints", "validation",
-             "model_index.json")
+RUN_FILES = (CONFIG_FILE, TOKEN_FILE, CONCEPT_FILE, CHECKPOINTS_DIR, VALIDATION_DIR, "model_index.json")
 PIPELINE_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "safety_checker", "feature_extractor")
 LOG_PREFIXES = ("vdlrecords.", "events.out.tfevents.")  # VisualDL, TensorBoard
 # --save_format -> (file suffix, embeddings format) for each file written
@@ -28,32 +27,6 @@ SAVE_FORMATS = {
     "safetensors": [(".safetensors", "diffusers")],
     "both": [(".pdparams", "pdparams"), (".safetensors", "diffusers")],
 }
-
-
-# The rows of text encoder i go to learned_embeds{ROW_FILE_SUFFIXES[i]}.*: one file per text encoder, the layout
-# diffusers' SDXL trainer writes (learned_embeds_2 for text_encoder_2) and ppdiffusers loads with two calls.
-ROW_FILE_SUFFIXES = ("", "_2")
-
-
-def embeddings_name(step: Optional[int], encoder: int = 0) -> str:
-    stem = f"learned_embeds{ROW_FILE_SUFFIXES[encoder]}"
-    return stem if step is None else f"{stem}-steps-{step}"
-
-
-STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)(\.\w+)$")  # the first text encoder's file of each saved step
-
-
-def saved_steps(run_dir: Path, suffixes: Sequence[str]) -> list[tuple[int, Path]]:
-    """(step, file) of every learned_embeds-steps-N file in a training output_dir, by step; of a step saved in
-    several formats, the first of `suffixes` (files with other suffixes are ignored)."""
-    by_step: dict[int, Path] = {}
-    for path in run_dir.iterdir():
-        match = STEP_FILE.match(path.name)
-        if match and match.group(2) in suffixes:
-            step = int(match.group(1))
-            if step not in by_step or suffixes.index(path.suffix) < suffixes.index(by_step[step].suffix):
-                by_step[step] = path
-    return sorted(by_step.items())
 
 
 def save_embeddings(config: TrainConfig, rows: np.ndarray | Sequence[np.ndarray], step: Optional[int] = None) -> Path:
@@ -77,7 +50,7 @@ def previous_run(config: TrainConfig) -> list[Path]:
     out_dir = Path(config.output_dir)
     if not out_dir.is_dir():
         return []
-    found = sorted(p for p in out_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("learned_embeds"))
+    found = sorted(p for p in out_dir.iterdir() if p.name in RUN_FILES or p.name.startswith(EMBEDDINGS_STEM))
     if (out_dir / "model_index.json").is_file():  # a pipeline saved by --no-only_save_embeds
         found += [out_dir / name for name in PIPELINE_FOLDERS if (out_dir / name).is_dir()]
     logs = config.logging_path
@@ -120,8 +93,8 @@ def write_run_files(config: TrainConfig, seed: int, language: str, earlier: Sequ
     out_dir = Path(config.output_dir)
     if earlier:
         remove_previous_run(config, earlier)
-    atomic_write_text(out_dir / "token_identifier.txt", config.placeholder_token)
-    atomic_write_text(out_dir / "type_of_concept.txt", config.learnable_property)
+    atomic_write_text(out_dir / TOKEN_FILE, config.placeholder_token)
+    atomic_write_text(out_dir / CONCEPT_FILE, config.learnable_property)
     atomic_write_text(out_dir / CONFIG_FILE, to_yaml(config, {"resolved seed": seed, "resolved language": language}))
 
 

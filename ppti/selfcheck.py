@@ -150,7 +150,6 @@ def train_precisions(model: Path, data: Path, work: Path, modes: list[str]) -> l
 
 
 WORKER = """import sys
-sys.path.insert(0, {root!r})
 from ppti.selfcheck import worker
 worker(sys.argv[1], sys.argv[2:])
 """
@@ -171,7 +170,7 @@ def train_ranks(model: Path, data: Path, work: Path, nproc: int, mode: str) -> L
     """Train through paddle.distributed.launch with `nproc` ranks; every rank must hold the same rows."""
     name = "fp32" if mode == "no" else mode
     script, rows_dir = work / "selfcheck_worker.py", work / f"ranks-{name}"
-    script.write_text(WORKER.format(root=str(Path(__file__).resolve().parents[1])), encoding="utf-8")
+    script.write_text(WORKER, encoding="utf-8")
     rows_dir.mkdir()
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
                "--log_dir", str(work / f"launch-log-{name}"), str(script), str(rows_dir),

@@ -34,9 +34,10 @@ from .models import Components, load_components
 from .precision import Precision, cast_vae_for_decoding, prepare_frozen_models, resolve_precision
 from .prompts import build_prompts, check_prompt_room, ids_per_encoder
 from .reporting import NullReporter, Reporter, format_summary, progress_bar, setup_console
+from .runfiles import VALIDATION_DIR, embeddings_name
 from .tokens import PlaceholderEmbedding
 from .signals import StopRequest, TrainingInterrupted, stop_on_signals
-from .validation import VALIDATION_DIR, run_validation, validation_due, warn_missing_placeholder
+from .validation import run_validation, validation_due, warn_missing_placeholder
 
 log = logging.getLogger("ppti")
 
@@ -409,7 +410,7 @@ def save_and_stop(run: Run, step: int, stop: StopRequest) -> NoReturn:
     """After SIGINT/SIGTERM: the embedding (and, with --checkpointing_steps, a checkpoint) of the last completed
     step, then TrainingInterrupted."""
     c = run.config
-    final = Path(c.output_dir) / "learned_embeds.pdparams"
+    final = Path(c.output_dir) / f"{embeddings_name()}.pdparams"
     if run.ctx.is_main:
         final = outputs.save_embeddings(c, run.conditioning.learned_rows())
         if c.checkpointing_steps and step % c.checkpointing_steps:  # (at a multiple it was just saved)
@@ -455,7 +456,7 @@ def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> Trai
     loop_seconds = time.perf_counter() - started
     if stop.requested:
         save_and_stop(run, step, stop)
-    final = Path(config.output_dir) / "learned_embeds.pdparams"
+    final = Path(config.output_dir) / f"{embeddings_name()}.pdparams"
     if ctx.is_main:
         final = outputs.save_embeddings(config, run.conditioning.learned_rows())
         if config.validation_prompts and not validation_due_at(run, step):

@@ -21,10 +21,10 @@ from PIL import Image
 
 from .atomic import atomic_path
 from .precision import unet_takes_text_encoder_output
+from .runfiles import validation_grid_name
 
 log = logging.getLogger("ppti")
 
-VALIDATION_DIR = "validation"
 NUM_INFERENCE_STEPS = 25  # the diffusers example's validation setting
 
 
@@ -112,7 +112,7 @@ def run_validation(pipeline, prompts: Sequence[str], num_images: int, seed: int,
     log.info("validation at step %d: %d image(s) of %s", step, num_images, " | ".join(repr(p) for p in prompts))
     with training_state_preserved([pipeline.unet, pipeline.vae, pipeline.text_encoder]):
         grid = image_grid([render(pipeline, prompt, num_images, seed, height, width) for prompt in prompts])
-    path = out_dir / f"step-{step}.png"
+    path = out_dir / validation_grid_name(step)
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
     reporter.image("validation", np.asarray(grid), step)

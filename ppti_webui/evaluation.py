@@ -14,6 +14,8 @@ from typing import Optional
 
 import pandas as pd
 
+from ppti import runfiles  # (standard library only: the page cannot import Paddle)
+
 from .workspace import WorkspaceError
 
 COLUMNS = ("step", "image_similarity", "text_similarity", "eval_loss", "norm", "drift", "file")
@@ -33,25 +35,16 @@ class Evaluation:
         return next((r for r in self.rows if r["step"] == self.recommended_step), None)
 
     def load_line(self) -> Optional[str]:
-        """The line that loads the recommended file (the same line tools/evaluate.py prints: ppti.evaluate.load_line,
-        which the page cannot import)."""
+        """The line that loads the recommended file: the one tools/evaluate.py prints (both use ppti.runfiles)."""
         row = self.recommended
-        if not row:
-            return None
-        path = self.run_dir / row["file"]
-        second = path.with_name(path.name.replace("learned_embeds", "learned_embeds_2", 1))  # SDXL: text_encoder_2
-        if not second.is_file():
-            return f'pipe.load_textual_inversion("{path}")'
-        pairs = ((path, "text_encoder", "tokenizer"), (second, "text_encoder_2", "tokenizer_2"))
-        return "\n".join(f'pipe.load_textual_inversion("{p}", text_encoder=pipe.{e}, tokenizer=pipe.{t})'
-                         for p, e, t in pairs)
+        return runfiles.load_line(self.run_dir / row["file"]) if row else None
 
 
 def read_evaluation(run_dir: Path) -> Optional[Evaluation]:
     """The run's evaluation, None if it has none; WorkspaceError (one line) if scores.json is not what evaluate.py
     writes."""
-    folder = run_dir / "evaluation"
-    path = folder / "scores.json"
+    folder = run_dir / runfiles.EVALUATION_DIR
+    path = folder / runfiles.SCORES_JSON
     if not path.is_file():
         return None
     redo = "press Evaluate to write it again"
@@ -69,8 +62,8 @@ def read_evaluation(run_dir: Path) -> Optional[Evaluation]:
         name = str(row.get("file", ""))
         if not name or Path(name).name != name or name in (".", ".."):
             raise WorkspaceError(f"{path}: file {name!r} of step {row['step']} is not a file name of the run; {redo}")
-    picture = folder / "scores.png"
-    sheet = folder / "contact_sheet.png"
+    picture = folder / runfiles.SCORES_PLOT
+    sheet = folder / runfiles.CONTACT_SHEET
     return Evaluation(run_dir, recommended, rows, picture if picture.is_file() else None,
                       sheet if sheet.is_file() else None)
 

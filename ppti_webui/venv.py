@@ -23,10 +23,11 @@ def in_venv(venv: Path = VENV) -> bool:
 
 
 def ensure(requirements: Path, venv: Path = VENV) -> Path:
-    """Create `venv` if needed and install `requirements` unless it is already installed (a hash stamp per file);
-    returns the venv's python."""
+    """Create `venv` if needed and install `requirements`, then this project without its dependencies (ppti_webui
+    and the Paddle-free ppti modules it imports; editable, so the page runs this checkout's code), unless that is
+    already installed (a hash stamp of the requirements file and pyproject.toml); returns the venv's python."""
     stamp = venv / f".installed-{requirements.name}.sha256"
-    wanted = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    wanted = hashlib.sha256(requirements.read_bytes() + (REPO / "pyproject.toml").read_bytes()).hexdigest()
     python = venv_python(venv)
     if python.exists() and stamp.is_file() and stamp.read_text().strip() == wanted:
         return python
@@ -37,5 +38,8 @@ def ensure(requirements: Path, venv: Path = VENV) -> Path:
     print(f"installing {requirements.name} into {venv}", file=sys.stderr)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
                     str(requirements)], check=True, cwd=requirements.parent)
+    # --no-deps: the project's own dependencies (paddlenlp, ppdiffusers) would replace Gradio's huggingface_hub
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "-e", str(REPO)], check=True)
     stamp.write_text(wanted)
     return python

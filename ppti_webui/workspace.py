@@ -14,6 +14,8 @@ from typing import Any, Optional, Sequence
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from ppti import runfiles  # (standard library only: the run files' names, shared with the trainer)
+
 MIN_IMAGES, MAX_IMAGES = 3, 20
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -162,7 +164,7 @@ def parse_advanced_yaml(text: str, workspace: Workspace) -> dict[str, Any]:
 def validation_grids(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, validation/step-N.png) of a run, by step."""
     found = []
-    for path in (run_dir / "validation").glob("step-*.png"):
+    for path in (run_dir / runfiles.VALIDATION_DIR).glob("step-*.png"):
         step = path.stem.removeprefix("step-")
         if step.isdigit():
             found.append((int(step), path))
@@ -171,16 +173,8 @@ def validation_grids(run_dir: Path) -> list[tuple[int, Path]]:
 
 def saved_steps(run_dir: Path) -> list[int]:
     """Steps N of the run's learned_embeds-steps-N files."""
-    steps = set()
-    for path in run_dir.glob("learned_embeds-steps-*.*"):
-        step = path.stem.removeprefix("learned_embeds-steps-")
-        if step.isdigit():
-            steps.add(int(step))
-    return sorted(steps)
+    return [step for step, _ in runfiles.saved_steps(run_dir)] if run_dir.is_dir() else []
 
 
 def final_embedding(run_dir: Path) -> Optional[Path]:
-    for suffix in (".pdparams", ".safetensors"):
-        if (run_dir / f"learned_embeds{suffix}").is_file():
-            return run_dir / f"learned_embeds{suffix}"
-    return None
+    return runfiles.embeddings_file(run_dir)

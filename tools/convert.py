@@ -13,11 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-# Runnable as `python tools/convert.py` from a checkout: put the repo root (holding `ppti/`) first.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ppti.embeddings import WRITE_DTYPES, EmbeddingFormatError, read_embeddings  # noqa: E402
-from ppti.embeddings.convert import TARGETS, TORCH_FORMATS, convert, describe, resolve_input  # noqa: E402
+from ppti.embeddings import WRITE_DTYPES, EmbeddingFormatError, read_embeddings
+from ppti.embeddings.convert import TARGETS, TORCH_FORMATS, convert, describe, resolve_input
 
 PROG = "convert.py"
 

@@ -17,10 +17,7 @@ import random
 import sys
 from pathlib import Path
 
-# Runnable as `python tools/generate.py` from a checkout: put the repo root (holding `ppti/`) first.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ppti.tool_cli import EXIT_BAD_INPUT, quiet_build_warnings, render_problems, tool_parser  # noqa: E402
+from ppti.tool_cli import EXIT_BAD_INPUT, quiet_build_warnings, render_problems, tool_parser
 
 PROG = "generate.py"
 

@@ -9,11 +9,9 @@ value(s) in at least --min_fraction of the tiles (of --row only, if given).
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ppti.world.render import ATTRIBUTES, IMAGE_SIZE  # noqa: E402
-from ppti.tool_cli import tool_parser  # noqa: E402
-from ppti.world.shipped import WORLD_DIR  # noqa: E402
+from ppti.world.render import ATTRIBUTES, IMAGE_SIZE
+from ppti.tool_cli import tool_parser
+from ppti.world.shipped import WORLD_DIR
 
 
 def parse_args(argv=None):

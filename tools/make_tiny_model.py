@@ -9,10 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# Runnable as `python tools/make_tiny_model.py` from a checkout: put the repo root (holding `ppti/`) first.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ppti.tiny import LANGUAGES, PREDICTION_TYPES, make_tiny_clip, make_tiny_model  # noqa: E402
+from ppti.tiny import LANGUAGES, PREDICTION_TYPES, make_tiny_clip, make_tiny_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -16,13 +16,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-# Runnable as `python tools/make_toy_world.py` from a checkout: put the repo root (holding `ppti/`) first.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ppti.world.chinese import make_world_zh  # noqa: E402
-from ppti.world.pretrain import Recipe, RecipeError, make_world  # noqa: E402
-from ppti.manifest import write_manifest  # noqa: E402
-from ppti.tool_cli import EXIT_BAD_INPUT, tool_parser  # noqa: E402
+from ppti.world.chinese import make_world_zh
+from ppti.world.pretrain import Recipe, RecipeError, make_world
+from ppti.manifest import write_manifest
+from ppti.tool_cli import EXIT_BAD_INPUT, tool_parser
 
 CHOICES = {"prediction_type": ("epsilon", "v_prediction"), "noise_schedule": ("sd", "linear"), "language": ("en", "zh")}
 

@@ -8,12 +8,8 @@ Exits 0 when every check passed, 1 otherwise. Missing fp16/bf16 kernels (every C
 """
 
 import sys
-from pathlib import Path
 
-# Runnable as `python tools/selfcheck.py` from a checkout: put the repo root (holding `ppti/`) first.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ppti.tool_cli import quiet_build_warnings, tool_parser  # noqa: E402
+from ppti.tool_cli import quiet_build_warnings, tool_parser
 
 
 def main(argv=None) -> int:

@@ -14,10 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 from ppti.tool_cli import tool_parser  # (standard library only)
 from ppti_webui import security, venv  # (standard library only)
+
+REPO = Path(__file__).resolve().parent.parent
 
 # Small training grids (64 px models) are shown enlarged, pixels kept sharp.
 CSS = "#grid img, #generated img {min-width: 50%; object-fit: contain; image-rendering: pixelated}"

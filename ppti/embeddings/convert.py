@@ -18,9 +18,11 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..runfiles import (
+    EMBEDDINGS_STEM, SAVED_SUFFIXES, SDXL_ENCODERS, embeddings_name, is_first_encoder_file, second_encoder_path,
+)
 from .formats import (
-    LAYOUTS, SDXL_ENCODERS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, second_encoder_path,
-    write_embeddings, write_sdxl_pair,
+    LAYOUTS, TORCH_SUFFIXES, Embedding, read_embeddings, sdxl_pair_paths, write_embeddings, write_sdxl_pair,
 )
 from .tensors import EmbeddingFormatError
 
@@ -47,18 +49,18 @@ def resolve_input(path: Path, step: int | None = None) -> Path:
         if not path.is_file():
             raise EmbeddingFormatError(f"{path}: no such file or folder")
         return path
-    stem = "learned_embeds" if step is None else f"learned_embeds-steps-{step}"
-    for suffix in (".pdparams", ".safetensors"):
+    stem = embeddings_name(step)
+    for suffix in SAVED_SUFFIXES:
         if (path / f"{stem}{suffix}").is_file():
             return path / f"{stem}{suffix}"
-    found = ", ".join(sorted(p.name for p in path.glob("learned_embeds*"))) or "no learned_embeds* files"
+    found = ", ".join(sorted(p.name for p in path.glob(f"{EMBEDDINGS_STEM}*"))) or f"no {EMBEDDINGS_STEM}* files"
     raise EmbeddingFormatError(f"{path}: has no {stem}.pdparams (found: {found}); pass a file, or --step N")
 
 
 def second_encoder_file(source: Path) -> Path | None:
     """For an SDXL training output's `learned_embeds[-steps-N].X` (text_encoder, clip_l): its
     `learned_embeds_2[-steps-N].X` (text_encoder_2, clip_g) when it exists."""
-    if not source.stem.startswith("learned_embeds") or source.stem.startswith("learned_embeds_"):
+    if not is_first_encoder_file(source):
         return None
     second = second_encoder_path(source)
     return second if second.is_file() else None
@@ -115,7 +117,7 @@ def webui_name(token: str) -> str:
 
 
 def _learned_embeds_stem(source: Path) -> str:
-    return source.stem if source.stem.startswith("learned_embeds") else "learned_embeds"
+    return source.stem if source.stem.startswith(EMBEDDINGS_STEM) else EMBEDDINGS_STEM
 
 
 def default_output(source: Path, token: str, to: str, fmt: str) -> Path:

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from ..runfiles import second_encoder_path
 from .png_text import PNG_MAGIC, read_png_embedding
 from .safe_pickle import MAX_PICKLE_BYTES, restricted_loads
 from .safetensors_file import looks_like_safetensors, read_safetensors, safetensors_bytes
@@ -282,21 +283,6 @@ def sdxl_pair_paths(path: Path, fmt: str) -> list[Path]:
     return [path, second_encoder_path(path)]
 
 
-# An SDXL pair per text encoder, in order: (Embedding.part, the pipeline's text encoder, its tokenizer)
-SDXL_ENCODERS = (("clip_l", "text_encoder", "tokenizer"), ("clip_g", "text_encoder_2", "tokenizer_2"))
-
-
-def second_encoder_path(path: Path) -> Path:
-    """The clip_g (text_encoder_2) file next to a clip_l file: see second_encoder_stem."""
-    return path.with_name(second_encoder_stem(path.stem) + path.suffix)
-
-
-def second_encoder_stem(stem: str) -> str:
-    """The clip_g file's stem next to a clip_l file: `X_2`, and `learned_embeds_2-steps-N` for ppti's and
-    diffusers' per-step files `learned_embeds-steps-N`."""
-    if stem.startswith("learned_embeds") and not stem.startswith("learned_embeds_"):
-        return f"learned_embeds_2{stem[len('learned_embeds'):]}"
-    return f"{stem}_2"
 
 
 def write_sdxl_pair(

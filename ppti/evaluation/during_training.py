@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..distributed import from_main_rank
-from ..outputs import ROW_FILE_SUFFIXES
+from ..runfiles import ROW_FILE_SUFFIXES
 from .embedding import EmbeddingWatch, vocabulary_median_norm
 from .frozen import FrozenBatch
 from .stopping import EarlyStopping

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..atomic import atomic_write_text
+from ..runfiles import SCORES_CSV, SCORES_JSON
 
 COLUMNS = ("step", "image_similarity", "text_similarity", "eval_loss", "norm", "drift", "file")
 
@@ -78,7 +79,7 @@ def to_csv(rows: Sequence[Row]) -> str:
 
 
 def write_tables(out_dir: Path, rows: Sequence[Row], recommended: Optional[Row]) -> list[Path]:
-    paths = [out_dir / "scores.csv", out_dir / "scores.json"]
+    paths = [out_dir / SCORES_CSV, out_dir / SCORES_JSON]
     atomic_write_text(paths[0], to_csv(rows))
     atomic_write_text(paths[1], to_json(rows, recommended))
     return paths

@@ -13,16 +13,14 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, when run as a script
+import paddle
+import paddle.distributed as dist
+import paddle.distributed.parallel as parallel
 
-import paddle  # noqa: E402
-import paddle.distributed as dist  # noqa: E402
-import paddle.distributed.parallel as parallel  # noqa: E402
-
-from ppti.atomic import atomic_write_text  # noqa: E402
-from ppti.config import parse_config  # noqa: E402
-from ppti.distributed import init_distributed  # noqa: E402
-from ppti.train import setup  # noqa: E402
+from ppti.atomic import atomic_write_text
+from ppti.config import parse_config
+from ppti.distributed import init_distributed
+from ppti.train import setup
 
 
 def record_communication() -> dict:

@@ -14,10 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, when run as a script
-
-import ppti.train  # noqa: E402
-from ppti.cli import main  # noqa: E402
+import ppti.train
+from ppti.cli import main
 
 FAILING_MICRO_STEP = 3
 

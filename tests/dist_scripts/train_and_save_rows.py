@@ -9,13 +9,11 @@ can check that every rank ends with the same embedding.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, when run as a script
+import numpy as np
+import paddle.distributed as dist
 
-import numpy as np  # noqa: E402
-import paddle.distributed as dist  # noqa: E402
-
-from ppti.config import parse_config  # noqa: E402
-from ppti.train import run_training  # noqa: E402
+from ppti.config import parse_config
+from ppti.train import run_training
 
 
 def main(out_dir: str, argv: list[str]) -> None:
