@@ -74,12 +74,22 @@ def center_crop_to_aspect(image: Image.Image, height: int, width: int) -> Image.
 
 
 def size_conditioning(image: Image.Image, height: int, width: int, center_crop: bool) -> np.ndarray:
-    """(6,) SDXL's time_ids for this image: original (h, w), crop top-left (y, x) in original pixels, target
-    (h, w) -- the region `image_variants` keeps (the centred crop, or the whole image resized)."""
+    """(6,) SDXL's time_ids for this image: original (h, w), crop top-left (y, x), target (h, w).
+
+    The crop corner is measured as SDXL's training measured it (diffusers' train_text_to_image_sdxl.py): in the
+    image *after* it is resized to cover the target keeping its aspect ratio (for a square target: its short side
+    resized to the target, the long side int(target * long / short)), rounded as there (int(round(...))). A
+    4000x3000 photo at 1024 px: resized 1365x1024, corner x = round(341 / 2) = 170 (not 500, the corner in the
+    photo's own pixels). Without --center_crop the whole image is resized: corner (0, 0). The original size is the
+    image's own."""
     w, h = image.size
     top = left = 0
     if center_crop:
-        left, top = center_crop_box(w, h, height, width)[:2]
+        if w / h > width / height:  # wider than the target: the height fits, the sides are cut
+            resized_h, resized_w = height, int(height * w / h)
+        else:
+            resized_h, resized_w = int(width * h / w), width
+        top, left = int(round((resized_h - height) / 2.0)), int(round((resized_w - width) / 2.0))
     return np.asarray([h, w, top, left, height, width], dtype=np.float32)
 
 

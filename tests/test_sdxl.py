@@ -180,7 +180,8 @@ def test_time_ids_are_each_images_size_and_crop(tiny_sdxl, tmp_path):
     sizes = {"wide.png": (200, 100), "tall.png": (90, 150)}  # (w, h)
     for name, size in sizes.items():
         Image.new("RGB", size, (200, 30, 30)).save(data / name)
-    for center_crop, expected in ((True, {(100, 200, 0, 50, 64, 64), (150, 90, 30, 0, 64, 64)}),
+    # (crop corners in the resized image's pixels: 200x100 -> 128x64, x = 32; 90x150 -> 64x106, y = 21)
+    for center_crop, expected in ((True, {(100, 200, 0, 32, 64, 64), (150, 90, 21, 0, 64, 64)}),
                                   (False, {(100, 200, 0, 0, 64, 64), (150, 90, 0, 0, 64, 64)})):
         run = setup(_config(tiny_sdxl, tmp_path / str(center_crop), data=data, center_crop=center_crop,
                             train_batch_size=1), DistContext())
