@@ -17,8 +17,9 @@ What is bit-identical where (docs/gpu.md says the same):
      whose CUDA backward accumulates with atomic adds and has no flag) with `nearest_upsample` below: the same
      output bits, and a backward that adds each input pixel's gradients one after the other in a fixed order --
      the order Paddle's CPU kernel uses, so on a CPU both give the same bits.
-  With it, a run repeats on the same GPU model, driver and Paddle build (`python tools/selfcheck.py
-  --repeatability` checks it on your GPU); other GPU models or builds may differ in the last bits.
+  With it, a run repeats on the same GPU model, driver and Paddle build (`python tools/selfcheck.py` trains twice
+  with --deterministic and compares the embeddings byte for byte on your GPU); other GPU models or builds may
+  differ in the last bits.
 """
 
 from __future__ import annotations

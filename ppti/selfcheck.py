@@ -4,7 +4,8 @@ It prints one line per check -- the Paddle build (CUDA/cuDNN or CPU), the visibl
 memory-efficient attention have kernels here -- then trains a few steps of a tiny Stable Diffusion (ppti.tiny) in
 fp32 and in each half precision this device computes in, and reports per precision: whether fp16 loss scaling is
 active, how many steps were skipped, how far the trained rows are from the fp32 run's, the peak memory and
-steps/s. With `--nproc N` it also trains through `python -m paddle.distributed.launch --nproc_per_node N` and
+steps/s. Repeatability: per precision, two runs with --deterministic must give bit-identical embeddings (else the
+largest difference is shown and the check fails); two fp32 runs without it are shown for comparison. With `--nproc N` it also trains through `python -m paddle.distributed.launch --nproc_per_node N` and
 checks that every rank ends with bit-identical rows. Missing half-precision kernels (any CPU) are reported, not
 failed; a run that fails or diverges is a failure, and any failure makes the exit code non-zero.
 """
@@ -149,6 +150,32 @@ def train_precisions(model: Path, data: Path, work: Path, modes: list[str]) -> l
     return lines
 
 
+def repeatability(model: Path, data: Path, work: Path, mode: str, deterministic: bool = True) -> Line:
+    """Train the same short run twice in this process and compare the two embeddings byte for byte. With
+    --deterministic they must be bit-identical (a failed check otherwise); without it the line is information
+    (GPU kernels with atomic adds may differ run to run; a CPU repeats anyway)."""
+    from .config import parse_config
+    from .distributed import DistContext
+    from .train import run_training
+
+    name = "fp32" if mode == "no" else mode
+    label = f"repeatability ({name}, {'--deterministic' if deterministic else 'without --deterministic'})"
+    flags = ["--deterministic"] if deterministic else []
+    rows = []
+    for attempt in (1, 2):
+        out = work / f"repeat-{name}-{'deterministic' if deterministic else 'plain'}-{attempt}"
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                rows.append(run_training(parse_config(train_flags(model, data, out, mode) + flags), DistContext()).rows)
+        except Exception as exc:  # noqa: BLE001 - a failed run is a failed check, reported in one line
+            return Line(False, f"{label}: training failed: {type(exc).__name__}: {exc}")
+    if rows[0].tobytes() == rows[1].tobytes():
+        return Line(True if deterministic else None, f"{label}: two {STEPS}-step runs, embeddings bit-identical")
+    largest = float(np.abs(rows[0].astype(np.float64) - rows[1].astype(np.float64)).max())
+    return Line(False if deterministic else None,
+                f"{label}: two {STEPS}-step runs, embeddings DIFFER, largest difference {largest:.3g}")
+
+
 WORKER = """import sys
 from ppti.selfcheck import worker
 worker(sys.argv[1], sys.argv[2:])
@@ -208,6 +235,8 @@ def selfcheck(nproc: Optional[int] = None, print_line: Callable[[str], None] = p
         model = make_tiny_model(work / "tiny-sd", language="en")
         data = write_images(work / "images")
         emit(train_precisions(model, data, work, modes))
+        emit([repeatability(model, data, work, mode) for mode in modes])
+        emit([repeatability(model, data, work, "no", deterministic=False)])
         if nproc:
             emit([train_ranks(model, data, work, nproc, mode) for mode in modes])
     failed = sum(line.ok is False for line in lines)

@@ -169,6 +169,44 @@ def test_only_the_unets_upsampling_is_replaced_and_a_training_step_gives_the_sam
 
 
 # ------------------------------------------------------------------------------------------------------------
+# tools/selfcheck.py: the repeatability line
+# ------------------------------------------------------------------------------------------------------------
+def test_selfcheck_repeatability_is_bit_identical_on_this_cpu_and_reports_the_largest_difference(tiny_model_en,
+                                                                                                 tmp_path,
+                                                                                                 monkeypatch):
+    import dataclasses
+
+    import ppti.selfcheck as selfcheck
+
+    monkeypatch.delenv(ATTENTION_ENV, raising=False)
+    data = selfcheck.write_images(tmp_path / "images")
+    line = selfcheck.repeatability(tiny_model_en, data, tmp_path / "a", "no")
+    assert str(line) == "[ ok ] repeatability (fp32, --deterministic): two 4-step runs, embeddings bit-identical"
+    assert os.environ.get(ATTENTION_ENV) == "True"  # (the runs really were --deterministic)
+
+    # a second run that ends 2^-20 away on one value: a failed check naming the largest difference
+    real, calls = ppti.train.run_training, []
+
+    def drifting(config, ctx=None):
+        result = real(config, ctx)
+        calls.append(config.deterministic)
+        if len(calls) == 2:
+            rows = result.rows.copy()
+            rows[0, 0] += 2.0 ** -20
+            result = dataclasses.replace(result, rows=rows)
+        return result
+
+    monkeypatch.setattr(ppti.train, "run_training", drifting)
+    line = selfcheck.repeatability(tiny_model_en, data, tmp_path / "b", "no")
+    assert calls == [True, True]
+    assert line.ok is False and str(line).startswith("[FAIL] repeatability (fp32, --deterministic): two 4-step "
+                                                     "runs, embeddings DIFFER, largest difference 9.5")
+    calls.clear()
+    plain = selfcheck.repeatability(tiny_model_en, data, tmp_path / "c", "no", deterministic=False)
+    assert calls == [False, False] and plain.ok is None and "without --deterministic" in str(plain)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # generator states of three or four values
 # ------------------------------------------------------------------------------------------------------------
 class ThreeValueState:

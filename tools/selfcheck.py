@@ -1,5 +1,6 @@
 """Check this machine before training: Paddle build, devices, half-precision kernels, and a few real training
-steps of a tiny model in fp32 and each half precision the device supports (one line per check).
+steps of a tiny model in fp32 and each half precision the device supports, and whether two runs with
+--deterministic give bit-identical embeddings ("repeatability"; one line per check).
 
     python tools/selfcheck.py             # this process's device
     python tools/selfcheck.py --nproc 2   # also through paddle.distributed.launch with 2 ranks
