@@ -112,15 +112,38 @@ def test_global_generators_continue_exactly_after_restore():
     assert (random.random(), np.random.rand(3).tolist(), paddle.rand([3]).numpy().tolist()) == expected
 
 
-def test_resume_latest_continues_and_changed_length_is_allowed(finished_run, tiny_model_en, demo_images, tmp_path,
-                                                               caplog):
-    """`latest` picks checkpoint-6 of the run; a longer --max_train_steps extends it."""
+def test_resume_latest_continues_from_step_6_to_8_and_changed_length_is_allowed(finished_run, tiny_model_en,
+                                                                                demo_images, tmp_path, monkeypatch):
+    """`latest` picks checkpoint-6 of the run (not checkpoint-3, not a fresh start): the resumed run starts from
+    checkpoint-6's rows, makes exactly optimizer steps 7 and 8 of the longer --max_train_steps, writes only their
+    files, and ends where an explicit resume from checkpoint-6 ends."""
     out = tmp_path / "out"
     shutil.copytree(finished_run, out)
-    final = train(_config(tiny_model_en, demo_images, out, **dict(SCHEDULE, max_train_steps=8),
-                          resume_from_checkpoint="latest"), DistContext())
-    assert (out / "checkpoints" / "checkpoint-6").is_dir() and (out / "learned_embeds-steps-6.pdparams").is_file()
-    assert not np.array_equal(_rows(final), _rows(finished_run / "learned_embeds.pdparams"))
+    before = {p.name: p.read_bytes() for p in out.glob("learned_embeds*")}
+    steps_made = []
+    real_step = ppti.train.optimizer_step
+
+    def counted_step(run, *args, **kwargs):
+        steps_made.append(run.lr_scheduler.last_epoch + 1)  # the step this call makes
+        return real_step(run, *args, **kwargs)
+
+    monkeypatch.setattr(ppti.train, "optimizer_step", counted_step)
+    settings = dict(SCHEDULE, max_train_steps=8, save_steps=1)  # (save_steps 1: every step it makes leaves a file)
+    result = ppti.train.run_training(_config(tiny_model_en, demo_images, out, **settings,
+                                             resume_from_checkpoint="latest"), DistContext())
+    assert steps_made == [7, 8] and result.steps == 8
+    checkpoint_6 = _rows(finished_run / "checkpoints" / "checkpoint-6" / "learned_embeds.pdparams")
+    assert np.array_equal(result.start_rows, checkpoint_6)
+    after = {p.name: p.read_bytes() for p in out.glob("learned_embeds*")}
+    assert sorted(set(after) - set(before)) == ["learned_embeds-steps-7.pdparams", "learned_embeds-steps-8.pdparams"]
+    assert all(after[name] == data for name, data in before.items() if name != "learned_embeds.pdparams")
+    assert not np.array_equal(_rows(result.final), checkpoint_6)  # steps 7 and 8 trained
+    steps_made.clear()
+    explicit = ppti.train.run_training(_config(tiny_model_en, demo_images, tmp_path / "explicit", **settings,
+                                               resume_from_checkpoint=finished_run / "checkpoints" / "checkpoint-6"),
+                                       DistContext())
+    assert steps_made == [7, 8]
+    assert np.array_equal(_rows(result.final), _rows(explicit.final))
 
 
 def test_latest_with_no_checkpoint_starts_from_step_zero(tiny_model_en, demo_images, tmp_path):
