@@ -24,6 +24,9 @@ from .templates import caption_template_problem, parse_template_file
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_MAX_TRAIN_STEPS = 5000  # the example's effective default when neither length flag is given
+# Denoising steps of the validation grids (the diffusers example's validation setting), and the default
+# --num_inference_steps of tools/generate.py and tools/evaluate.py: they render what the run's grids showed.
+NUM_INFERENCE_STEPS = 25
 # Largest --resolution/--height/--width: Stable Diffusion models train at 512-1024 pixels, and memory grows with the
 # square of the side (at 2048 the UNet's self-attention alone needs tens of GB); larger values fail late, or the
 # kernel kills the process.

@@ -185,7 +185,7 @@ def load_pipeline(model: str, dtype: str = "float32"):
 
 
 def run_dtype(paths: Sequence[Path]) -> Optional[str]:
-    """The --mixed_precision of the training run the first of `paths` belongs to, as a --dtype value (fp32, fp16,
+    """The --mixed_precision of the training run the first of `paths` belongs to, as a precision name (fp32, fp16,
     bf16); None when no path is in (or is) a training output_dir with a train_config.yaml."""
     import yaml
 
@@ -193,7 +193,7 @@ def run_dtype(paths: Sequence[Path]) -> Optional[str]:
         for folder in (path, path.parent):
             config = folder / CONFIG_FILE
             if folder.is_dir() and config.is_file():
-                fix = "the default --dtype is read from it: give --dtype fp32|fp16|bf16, or repair the file"
+                fix = "the default --mixed_precision is read from it: give --mixed_precision no|fp16|bf16, or repair it"
                 try:
                     saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
                 except (yaml.YAMLError, ValueError) as exc:  # (UnicodeDecodeError is a ValueError)

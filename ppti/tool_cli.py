@@ -23,6 +23,32 @@ def tool_parser(prog: str, doc: str) -> ToolParser:
                       epilog="\n".join(doc.splitlines()[1:]), allow_abbrev=False)  # (a prefix could pick a wrong flag)
 
 
+class _DeprecatedName(argparse.Action):
+    """An old flag name: stores into the new flag's destination (through `convert`), with a one-line note."""
+
+    def __init__(self, option_strings, dest, new_name: str, convert=None, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_name, self.convert = new_name, convert
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = self.convert(values) if self.convert else values
+        shown = value if isinstance(value, str) else " ".join(map(str, value)) if isinstance(value, list) else value
+        print(f"{parser.prog}: note: {option_string} is deprecated and will be removed; use {self.new_name} "
+              f"{shown}", file=sys.stderr)
+        setattr(namespace, self.dest, value)
+
+
+def deprecated_name(parser: argparse.ArgumentParser, old: str, new: str, convert=None, choices=None) -> None:
+    """Accept `old` for the flag `new` (one name per meaning across the tools): same type and destination, hidden
+    from --help, and a one-line note on stderr when used. `convert` maps an old value to the new flag's (e.g. the
+    old --dtype fp32 to --mixed_precision no); `choices` are the old flag's values."""
+    action = parser._option_string_actions[new]
+    parser.add_argument(old, dest=action.dest, action=_DeprecatedName, new_name=new, convert=convert,
+                        type=action.type, nargs=action.nargs, metavar=action.metavar,
+                        choices=choices if choices is not None else action.choices,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def quiet_build_warnings() -> None:
     """Import-time noise from Paddle's build tooling, irrelevant to the tools."""
     warnings.filterwarnings("ignore", message="No ccache found")

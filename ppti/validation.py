@@ -20,12 +20,12 @@ import paddle
 from PIL import Image
 
 from .atomic import atomic_path
+from .config import NUM_INFERENCE_STEPS
 from .precision import unet_takes_text_encoder_output
 from .runfiles import validation_grid_name
 
 log = logging.getLogger("ppti")
 
-NUM_INFERENCE_STEPS = 25  # the diffusers example's validation setting
 
 
 def validation_due(step: int, validation_steps: Optional[int], validation_epochs: int, gradient_accumulation_steps: int,

@@ -18,6 +18,8 @@ import gradio as gr
 import pandas as pd
 import yaml
 
+from ppti import runfiles
+
 from .evaluation import EVALUATE_TIMEOUT, evaluate_args, read_evaluation, scores_frame
 from .i18n import text
 from .project import ProjectTools, ToolFailed
@@ -292,10 +294,10 @@ class Handlers:
         model = config.get("pretrained_model_name_or_path")
         if not model:
             raise WorkspaceError(f"run {name}: no train_config.yaml yet (the trainer writes it when training starts)")
-        embedding = run_dir if not step_args else run_dir / f"learned_embeds-steps-{step_args[1]}.pdparams"
+        embedding = run_dir if not step_args else runfiles.embeddings_file(run_dir, int(step_args[1]))
         out = run_dir / "webui" / "generated" / f"{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**6}.png"
         args = ["--model", str(model), "--embeddings", str(embedding), "--prompt", prompt or "",
-                "--num_images", str(int(num_images)), "--steps", str(int(steps)), "--guidance_scale",
+                "--num_images", str(int(num_images)), "--num_inference_steps", str(int(steps)), "--guidance_scale",
                 repr(float(guidance)), "--seed", str(int(seed)), "-o", str(out),
                 "--height", str(int(height or config.get("height") or config.get("resolution") or 512)),
                 "--width", str(int(width or config.get("width") or config.get("resolution") or 512))]

@@ -51,8 +51,8 @@ def test_generate_from_pdparams_reproduces_the_validation_grid(tiny_model_en, tr
     of the run's last validation grid: the tool loads embeddings the way training used them."""
     out = tmp_path / "grid.png"
     proc = generate("--model", tiny_model_en, "--embeddings", trained_run / "learned_embeds.pdparams",
-                    "--prompt", PROMPT, "--num_images", 2, "--steps", 25, "--seed", 7, "--height", 64, "--width", 64,
-                    "-o", out)
+                    "--prompt", PROMPT, "--num_images", 2, "--num_inference_steps", 25, "--seed", 7, "--height", 64,
+                    "--width", 64, "-o", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "images use seeds 7..8" in proc.stdout
     assert pixels(out).shape == (64, 2 * 64, 3)
@@ -66,7 +66,7 @@ def test_generate_from_a_converted_safetensors_embedding_and_a_run_folder(tool, 
     write_embeddings(converted, {embedding.token: embedding.vectors}, fmt="diffusers")
     for source, out in ((converted, tmp_path / "from_safetensors.png"), (trained_run, tmp_path / "from_run.png")):
         code, _, err = run_tool(tool, capsys, "--model", tiny_model_en, "--embeddings", source, "--prompt", PROMPT,
-                                "--num_images", 1, "--steps", 25, "--seed", 7, "-o", out)
+                                "--num_images", 1, "--num_inference_steps", 25, "--seed", 7, "-o", out)
         assert code == 0, err[-2000:]
     # the same vectors in another format render the same image (the model's default size: 64 px)
     assert np.array_equal(pixels(tmp_path / "from_safetensors.png"), pixels(tmp_path / "from_run.png"))
@@ -76,7 +76,8 @@ def test_generate_from_a_converted_safetensors_embedding_and_a_run_folder(tool, 
 def test_steps_sweep_renders_a_labelled_row_per_saved_step(tool, capsys, tiny_model_en, trained_run, tmp_path):
     out = tmp_path / "sweep.png"
     code, _, err = run_tool(tool, capsys, "--model", tiny_model_en, "--steps_sweep", trained_run, "--prompt", PROMPT,
-                            "--num_images", 2, "--steps", 25, "--seed", 7, "--height", 64, "--width", 64, "-o", out)
+                            "--num_images", 2, "--num_inference_steps", 25, "--seed", 7, "--height", 64, "--width", 64,
+                            "-o", out)
     assert code == 0, err[-2000:]
     assert "step 2: learned_embeds-steps-2.pdparams" in err
     grid = pixels(out)
@@ -148,8 +149,8 @@ def test_dtype_defaults_to_the_runs_mixed_precision_and_is_refused_cleanly_witho
         code, _, err = run_tool(tool, capsys, "--model", tiny_model_en, "--embeddings", half_run, "--prompt", "x",
                                 "-o", out)
         [error] = [line for line in err.splitlines() if "error:" in line]
-        assert code == 2 and "--dtype fp16: this Paddle build cannot compute in float16" in error
-        assert "the training run's --mixed_precision; give --dtype fp32" in error and not out.exists()
+        assert code == 2 and "--mixed_precision fp16: this Paddle build cannot compute in float16" in error
+        assert "the training run's; give --mixed_precision no" in error and not out.exists()
     # the precisions generate renders with: UNet and VAE in the run's dtype (float64 stands in for a half dtype
     # on CPU), the text encoder in float32 -- as the trainer's validation
     pipeline = load_pipeline(str(tiny_model_en), "float64")
@@ -158,8 +159,8 @@ def test_dtype_defaults_to_the_runs_mixed_precision_and_is_refused_cleanly_witho
 
 
 def test_a_damaged_train_config_next_to_the_embedding_is_a_one_line_error(tool, capsys, tiny_model_en, tmp_path):
-    """--dtype defaults to the run's --mixed_precision, read from the train_config.yaml beside the embedding: a file
-    that is not that YAML is named, never a YAML traceback."""
+    """--mixed_precision defaults to the run's, read from the train_config.yaml beside the embedding: a file that is
+    not that YAML is named, never a YAML traceback."""
     run = tmp_path / "run"
     run.mkdir()
     write_embeddings(run / "learned_embeds.pdparams", {"<demo-toy>": np.ones((1, 32), np.float32)})
@@ -168,4 +169,4 @@ def test_a_damaged_train_config_next_to_the_embedding_is_a_one_line_error(tool, 
         code, _, stderr = run_tool(tool, capsys, "--model", tiny_model_en, "--embeddings", run, "--prompt", PROMPT,
                                    "-o", tmp_path / "x.png")
         assert code == 2 and "Traceback" not in stderr and stderr.count("\n") == 1, stderr
-        assert f"{run / 'train_config.yaml'}" in stderr and "--dtype" in stderr, stderr
+        assert f"{run / 'train_config.yaml'}" in stderr and "--mixed_precision" in stderr, stderr

@@ -339,7 +339,7 @@ def test_generate_loads_both_row_sets_into_the_sdxl_pipeline(trained, tiny_sdxl,
     with pytest.raises(GenerateError, match="SDXL needs a clip_l \\+ clip_g pair"):
         load_into(pipeline, read_embedding_args([single]))
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "generate.py"), "--model", str(tiny_sdxl),
-                           "--steps_sweep", str(trained), "--prompt", f"a photo of {TOKEN}", "--steps", "2",
+                           "--steps_sweep", str(trained), "--prompt", f"a photo of {TOKEN}", "--num_inference_steps", "2",
                            "--num_images", "1", "-o", str(tmp_path / "sweep.png")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert Image.open(tmp_path / "sweep.png").size == (64, 128)  # steps 2 and 4, one column

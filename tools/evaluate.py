@@ -16,12 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ppti.config import NUM_INFERENCE_STEPS
 from ppti.tool_cli import EXIT_BAD_INPUT, quiet_build_warnings, render_problems, tool_parser
 
 PROG = "evaluate.py"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser(PROG, __doc__)
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="A training --output_dir.")
     parser.add_argument("--model", required=True, help="The Stable Diffusion model folder (or Hub id) the run trained.")
@@ -35,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompts", default=None, metavar="FILE",
                         help="Prompts with {} for the placeholder, one per line: reconstruction first, then edits.")
     parser.add_argument("--num_images", type=int, default=2, help="Images per prompt (seeds seed .. seed+n-1).")
-    parser.add_argument("--num_inference_steps", type=int, default=25, help="Denoising steps per image.")
+    parser.add_argument("--num_inference_steps", type=int, default=NUM_INFERENCE_STEPS,
+                        help=f"Denoising steps per image (default {NUM_INFERENCE_STEPS}: what validation grids use).")
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="Classifier-free guidance scale.")
     parser.add_argument("--seed", type=int, default=None, help="Seed of the first image (default: the run's seed).")
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
@@ -43,6 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("-o", "--output_dir", type=Path, default=None, help="Default: RUN_DIR/evaluation.")
     parser.add_argument("--copy_best", action="store_true",
                         help="Also write the recommended step's embedding as RUN_DIR/learned_embeds-best.pdparams.")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     problems = render_problems(args, positive=("num_images", "num_inference_steps"))
     if problems:

@@ -7,8 +7,8 @@
 --embeddings takes files in any format tools/convert.py reads (.pdparams, diffusers .safetensors/.bin, WebUI .pt/.png,
 kohya emb_params) or a training output_dir (its learned_embeds file). --steps_sweep renders one row per
 learned_embeds-steps-N of a run, labelled with its step, so the best step can be picked by eye. Image i uses
-seed + i: with the run's seed, size, 25 steps and the run's precision (--dtype defaults to the --mixed_precision
-in the run's train_config.yaml) it renders what the run's validation grid showed.
+seed + i: with the run's seed and size (--num_inference_steps and --mixed_precision default to the run's validation
+settings) it renders what the run's validation grid showed.
 """
 
 import argparse
@@ -17,12 +17,13 @@ import random
 import sys
 from pathlib import Path
 
-from ppti.tool_cli import EXIT_BAD_INPUT, quiet_build_warnings, render_problems, tool_parser
+from ppti.config import NUM_INFERENCE_STEPS
+from ppti.tool_cli import EXIT_BAD_INPUT, deprecated_name, quiet_build_warnings, render_problems, tool_parser
 
 PROG = "generate.py"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser(PROG, __doc__)
     parser.add_argument("--model", required=True, help="Stable Diffusion model folder (or Hub id) to render with.")
     parser.add_argument("--embeddings", nargs="+", type=Path, default=[], metavar="FILE_OR_DIR",
@@ -32,21 +33,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt", required=True, help="The prompt, with the placeholder token(s).")
     parser.add_argument("--negative_prompt", default=None, help="What the images should not show.")
     parser.add_argument("--num_images", type=int, default=4, help="Images per row, seeds seed .. seed+n-1.")
-    parser.add_argument("--steps", type=int, default=50, help="Denoising steps (num_inference_steps).")
+    parser.add_argument("--num_inference_steps", type=int, default=NUM_INFERENCE_STEPS,
+                        help=f"Denoising steps per image (default {NUM_INFERENCE_STEPS}: what validation grids use).")
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="Classifier-free guidance scale.")
     parser.add_argument("--seed", type=int, default=None, help="Seed of the first image (default: random, printed).")
     parser.add_argument("--height", type=int, default=None, help="Image height (multiple of 8; default: the model's).")
     parser.add_argument("--width", type=int, default=None, help="Image width (multiple of 8; default: the model's).")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                         help="Precision of the UNet and VAE (the text encoder stays fp32, as in training). Default: "
                              "the --mixed_precision of the run the embeddings come from (its train_config.yaml), "
-                             "else fp32. fp16/bf16 need a GPU.")
+                             "else no (fp32). fp16/bf16 need a GPU.")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png", help="The grid PNG to write.")
+    deprecated_name(parser, "--steps", "--num_inference_steps")
+    deprecated_name(parser, "--dtype", "--mixed_precision", convert=lambda v: {"fp32": "no"}.get(v, v),
+                    choices=["fp32", "fp16", "bf16"])
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     problems = []
     if not args.embeddings and args.steps_sweep is None:
         problems.append("give --embeddings FILE_OR_DIR and/or --steps_sweep DIR")
-    problems += render_problems(args, positive=("num_images", "steps"))
+    problems += render_problems(args, positive=("num_images", "num_inference_steps"))
     for name in ("height", "width"):
         value = getattr(args, name)
         if value is not None and (value < 8 or value % 8):
@@ -74,14 +84,15 @@ def run(args: argparse.Namespace) -> tuple[Path, int]:
 
     embeddings = read_embedding_args(args.embeddings)  # every file is checked before Paddle and the model load
     steps = step_files(args.steps_sweep) if args.steps_sweep is not None else None
-    dtype = args.dtype or run_dtype([*args.embeddings, *([args.steps_sweep] if args.steps_sweep else [])]) or "fp32"
-    problem = device_problem(dtype, "--dtype")  # before the model loads
+    given = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision)  # (the precision module's names)
+    dtype = given or run_dtype([*args.embeddings, *([args.steps_sweep] if args.steps_sweep else [])]) or "fp32"
+    problem = device_problem(dtype, "--mixed_precision")  # before the model loads
     if problem:
-        raise GenerateError(problem + ("" if args.dtype else " (the default --dtype is the training run's "
-                                       "--mixed_precision; give --dtype fp32)"))
+        raise GenerateError(problem + ("" if given else " (the default --mixed_precision is the training run's; "
+                                       "give --mixed_precision no)"))
     setup_console(is_main=True)  # (imports ppdiffusers: slow)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    settings = RenderSettings(args.prompt, args.negative_prompt, args.num_images, seed, args.steps,
+    settings = RenderSettings(args.prompt, args.negative_prompt, args.num_images, seed, args.num_inference_steps,
                               args.guidance_scale, args.height, args.width)
     pipeline = load_pipeline(args.model, DTYPES.get(dtype, "float32"))
     load_into(pipeline, embeddings)
