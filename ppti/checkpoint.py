@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 
 from .atomic import TMP_MARK, atomic_write_text, set_normal_permissions, write_errors
-from .config import ConfigError, TrainConfig, to_yaml
+from .config import SECRET_FIELDS, ConfigError, TrainConfig, to_yaml
 from .runfiles import (CHECKPOINT_NAME, CHECKPOINTS_DIR, CONFIG_FILE, ROW_FILE_SUFFIXES, checkpoint_name,
                        embeddings_name)
 
@@ -412,7 +412,7 @@ def find_resume(config: TrainConfig, world_size: int, is_main: bool) -> Optional
                               "--output_dir)")
     changed = [f"{f.name} {getattr(saved, f.name)!r} -> {getattr(config, f.name)!r}"
                for f in dataclasses.fields(TrainConfig)
-               if f.name not in MUST_MATCH + SAME_EXAMPLES + NOT_COMPARED
+               if f.name not in MUST_MATCH + SAME_EXAMPLES + NOT_COMPARED + SECRET_FIELDS  # (never logged)
                and getattr(saved, f.name) != getattr(config, f.name)]
     if changed:
         log.info("resuming with changed settings (they apply from step %d on): %s", marker["step"] + 1,

@@ -9,9 +9,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .atomic import atomic_dir, atomic_write_text, write_errors
-from .config import ConfigError, TrainConfig, to_yaml
+from .atomic import TMP_MARK, atomic_dir, atomic_write_text, write_errors
+from .config import ConfigError, TrainConfig, _looks_like_hub_id, to_yaml
 from .embeddings import write_embeddings
+from .runfiles import (CHECKPOINTS_DIR, CONCEPT_FILE, CONFIG_FILE, EMBEDDINGS_STEM, SAVED_SUFFIXES, TOKEN_FILE,
+                       VALIDATION_DIR, embeddings_name)
 from .runfiles import (CHECKPOINTS_DIR, CONCEPT_FILE, CONFIG_FILE, EMBEDDINGS_STEM, SAVED_SUFFIXES, TOKEN_FILE,
                        VALIDATION_DIR, embeddings_name)
 
@@ -114,15 +116,98 @@ def save_pipeline(config: TrainConfig, components, conditioning) -> None:
     log.info("saved the full pipeline to %s", config.output_dir)
 
 
+# --push_to_hub publishes an allow-list, never the whole folder: the embeddings, the model card, the run description
+# (train_config.yaml holds no credential: config.SECRET_FIELDS), the validation grids and, with
+# --no-only_save_embeds, the pipeline. Never logs, checkpoints, the web page's files (webui/) or evaluation outputs.
+README_FILE = "README.md"
+PUBLISHED_FILES = (README_FILE, CONFIG_FILE, TOKEN_FILE, CONCEPT_FILE)
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SECRET_SCAN_BYTES = 16 * 2**20  # files up to this size are searched for the token before upload (weights are not)
+
+
+def publishable_files(config: TrainConfig) -> list[tuple[str, Path]]:
+    """(name in the repository, file) of what --push_to_hub uploads: regular files only (a symlink is never
+    followed out of output_dir), nothing under the log folder or a temporary name."""
+    out_dir = Path(config.output_dir)
+    root, logs = out_dir.resolve(), config.logging_path.resolve()
+
+    def allowed(path: Path) -> bool:
+        real = path.resolve()
+        return (path.is_file() and not path.is_symlink() and real.is_relative_to(root)
+                and not real.is_relative_to(logs) and TMP_MARK not in path.as_posix())
+
+    chosen = [p for p in sorted(out_dir.iterdir()) if p.name in PUBLISHED_FILES
+              or (p.name.startswith(EMBEDDINGS_STEM) and p.suffix in SAVED_SUFFIXES)]
+    grids = out_dir / VALIDATION_DIR
+    if grids.is_dir() and not grids.is_symlink():
+        chosen += sorted(p for p in grids.rglob("*") if p.suffix.lower() in GRID_SUFFIXES)
+    if config.saves_full_pipeline and (out_dir / "model_index.json").is_file():
+        chosen.append(out_dir / "model_index.json")
+        for name in PIPELINE_FOLDERS:
+            if (out_dir / name).is_dir() and not (out_dir / name).is_symlink():
+                chosen += sorted((out_dir / name).rglob("*"))
+    return [(p.relative_to(out_dir).as_posix(), p) for p in chosen if allowed(p)]
+
+
+def model_card(config: TrainConfig, repo_id: str, names: Sequence[str]) -> str:
+    """README.md for the Hub when output_dir has none: what the concept is and how to load it."""
+    base = config.pretrained_model_name_or_path
+    header = ["---", "library_name: ppdiffusers",
+              "tags: [stable-diffusion, text-to-image, textual-inversion, ppti, paddlepaddle]", "inference: false"]
+    header += [f"base_model: {base}"] if _looks_like_hub_id(base) else []
+    grids = [name for name in names if name.startswith(VALIDATION_DIR + "/")]
+    body = [f"# Textual inversion: {config.placeholder_token}", "",
+            f"A {config.learnable_property} concept learned with ppti (PaddlePaddle) from "
+            f"{'`' + base + '`' if _looks_like_hub_id(base) else 'a local Stable Diffusion model'}; use "
+            f"`{config.placeholder_token}` in a prompt.", "", "```python",
+            f"pipe.load_textual_inversion(\"{repo_id}\")  # ppdiffusers or diffusers", "```", ""]
+    body += [f"![{name}]({name})" for name in grids]
+    return "\n".join(header + ["---", ""] + body) + "\n"
+
+
+def known_tokens(config: TrainConfig) -> list[str]:
+    """Every Hub token this process could use: --hub_token, HF_TOKEN (and its old name), the saved login."""
+    import os
+
+    found = [config.hub_token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
+    try:
+        from huggingface_hub import get_token
+
+        found.append(get_token())
+    except Exception:  # noqa: BLE001 - no saved login, or an older huggingface_hub: nothing more to check
+        pass
+    return sorted({t for t in found if t and len(t) >= 8})
+
+
+def files_holding(tokens: Sequence[str], files: Sequence[tuple[str, Path]]) -> list[str]:
+    """Names of the files (up to SECRET_SCAN_BYTES each) in which one of `tokens` appears."""
+    needles = [t.encode() for t in tokens]
+    return [name for name, path in files if path.stat().st_size <= SECRET_SCAN_BYTES
+            and any(n in path.read_bytes() for n in needles)]
+
+
 def push_to_hub(config: TrainConfig) -> None:
-    from huggingface_hub import create_repo, upload_folder
+    """Upload publishable_files (plus a model card) as one commit. The token comes from --hub_token, else the Hub's
+    own login (HF_TOKEN, huggingface-cli login); a file holding it is never sent."""
+    from huggingface_hub import CommitOperationAdd, create_commit, create_repo
 
     repo_id = config.hub_model_id or Path(config.output_dir).resolve().name
+    files = publishable_files(config)
+    leaking = files_holding(known_tokens(config), files)
+    if leaking:
+        log.error("--push_to_hub: nothing uploaded: %s holds the Hub token; remove it from the file(s) and push "
+                  "again (the results are in %s)", ", ".join(leaking), config.output_dir)
+        return
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files]
+    if not any(name == README_FILE for name, _ in files):
+        card = model_card(config, repo_id, [name for name, _ in files])
+        operations.append(CommitOperationAdd(path_in_repo=README_FILE, path_or_fileobj=card.encode("utf-8")))
     try:
         create_repo(repo_id, exist_ok=True, token=config.hub_token)
-        upload_folder(repo_id=repo_id, folder_path=config.output_dir, token=config.hub_token,
-                      ignore_patterns=["checkpoints/*", "*.ppti-tmp-*"])
+        create_commit(repo_id, operations, commit_message=f"ppti: textual inversion {config.placeholder_token}",
+                      token=config.hub_token)
     except Exception as exc:  # noqa: BLE001 - training results are safe on disk; say why the upload failed
         log.error("--push_to_hub: upload to %s failed (%s); the results are in %s", repo_id, exc, config.output_dir)
         return
-    log.info("pushed %s to the Hub as %s", config.output_dir, repo_id)
+    log.info("pushed %d files of %s to the Hub as %s: %s", len(operations), config.output_dir, repo_id,
+             ", ".join(op.path_in_repo for op in operations))

@@ -22,6 +22,7 @@ from ppti import runfiles
 
 from .evaluation import EVALUATE_TIMEOUT, evaluate_args, read_evaluation, scores_frame
 from .i18n import text
+from . import security
 from .project import ProjectTools, ToolFailed
 from .runs import RunState, Runs, read_state
 from .workspace import (
@@ -185,6 +186,8 @@ class Handlers:
         if not files and not (data_dir or "").strip():
             raise WorkspaceError(text("need_images", lang).removeprefix("error: "))
         data = None if files else self.ws.resolve(data_dir, "image folder")
+        if data is not None:
+            security.check_folder_files(data, self.ws.root)  # each file, not only the folder
         try:
             data = data or self.ws.save_uploads([getattr(f, "name", f) for f in files], name)
             args = self.trainer_args(data, model_arg, prop, placeholder, initializer, steps, lr, resolution, height,
@@ -299,8 +302,10 @@ class Handlers:
         args = ["--model", str(model), "--embeddings", str(embedding), "--prompt", prompt or "",
                 "--num_images", str(int(num_images)), "--num_inference_steps", str(int(steps)), "--guidance_scale",
                 repr(float(guidance)), "--seed", str(int(seed)), "-o", str(out),
-                "--height", str(int(height or config.get("height") or config.get("resolution") or 512)),
-                "--width", str(int(width or config.get("width") or config.get("resolution") or 512))]
+                "--height", str(security.check_side("height", height, config.get("height") or config.get("resolution")
+                                                    or 512)),
+                "--width", str(security.check_side("width", width, config.get("width") or config.get("resolution")
+                                                   or 512))]
         if (negative or "").strip():
             args += ["--negative_prompt", negative]
         stdout = self.tools.run("generate.py", args)

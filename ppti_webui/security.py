@@ -27,6 +27,9 @@ from typing import Iterable, Optional, Sequence
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+# Gradio asks itself for this route once while launch() starts, without the login; it only runs the page's startup
+# events (once), so it is let through for loopback clients.
+SELF_CHECK = "/gradio_api/startup-events"
 TEMP_DIR_NAME = ".gradio-tmp"  # inside the workspace: GRADIO_TEMP_DIR
 MAX_SIDE = 2048  # ppti.config.MAX_IMAGE_SIDE (the page cannot import Paddle's side of the project)
 SIDE_STEP = 8  # the VAE downsamples by 8
@@ -126,7 +129,8 @@ class HostGuard:
         if host_name(headers.get("host", "")) not in self.names:
             await self.refuse(scope, send, 403, "403: this page answers only to the names it serves (see "
                                                 "--allow_host); the request named another host\n")
-        elif self.expected is not None and not self.authorised(headers.get("authorization", "")):
+        elif self.expected is not None and not self.authorised(headers.get("authorization", "")) and not (
+                scope.get("path") == SELF_CHECK and is_loopback((scope.get("client") or ("",))[0])):
             await self.refuse(scope, send, 401, "401: log in (the page was started with --auth)\n",
                               [(b"www-authenticate", b'Basic realm="ppti", charset="UTF-8"')])
         else:

@@ -14,6 +14,8 @@ from typing import Any, Optional, Sequence
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from . import security
+
 from ppti import runfiles  # (standard library only: the run files' names, shared with the trainer)
 
 MIN_IMAGES, MAX_IMAGES = 3, 20
@@ -149,6 +151,7 @@ def parse_advanced_yaml(text: str, workspace: Workspace) -> dict[str, Any]:
     clash = sorted(set(data) & set(FORM_KEYS))
     if clash:
         raise WorkspaceError(f"advanced YAML: set {', '.join(clash)} in the form above, not here")
+    security.check_secret_keys(data)  # (the box is saved in the run folder)
     for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str) and not (key == "resume_from_checkpoint" and value == "latest") and not (
