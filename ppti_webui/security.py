@@ -92,7 +92,7 @@ def read_auth(auth: Optional[str], auth_file: Optional[Path]) -> Optional[tuple[
         raise SecurityError("give --auth or --auth_file, not both")
     source = "--auth"
     if auth_file is not None:
-        source = f"--auth_file {auth_file}"
+        source, auth_file = f"--auth_file {auth_file}", auth_file.expanduser()
         try:
             auth = auth_file.read_text(encoding="utf-8").splitlines()[0] if auth_file.stat().st_size else ""
         except OSError as exc:
