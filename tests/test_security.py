@@ -141,3 +141,16 @@ def test_a_file_holding_the_token_stops_the_push(tmp_path, monkeypatch, ppti_log
         outputs.push_to_hub(config)
     assert sorted(hub.files["a/b"]) == ["README.md", "learned_embeds.pdparams"]
     assert SENTINEL not in ppti_log.text
+
+
+def test_generate_sizes_are_bounded_as_the_trainers(tmp_path, capsys):
+    """tools/generate.py (what the page's Generate runs) refuses a side above the trainer's maximum in one line."""
+    from conftest import load_tool, run_tool
+    from ppti.config import MAX_IMAGE_SIDE
+
+    tool = load_tool(REPO / "tools" / "generate.py")
+    code, _, err = run_tool(tool, capsys, "--model", tmp_path, "--embeddings", tmp_path, "--prompt", "x", "-o",
+                            tmp_path / "g.png", "--height", MAX_IMAGE_SIDE + 8, "--width", 20000)
+    assert code == 2 and err.count("\n") == 1
+    assert f"--height {MAX_IMAGE_SIDE + 8} is above the maximum {MAX_IMAGE_SIDE}" in err
+    assert f"--width 20000 is above the maximum {MAX_IMAGE_SIDE}" in err

@@ -17,7 +17,7 @@ import random
 import sys
 from pathlib import Path
 
-from ppti.config import NUM_INFERENCE_STEPS
+from ppti.config import MAX_IMAGE_SIDE, NUM_INFERENCE_STEPS
 from ppti.tool_cli import EXIT_BAD_INPUT, deprecated_name, quiet_build_warnings, render_problems, tool_parser
 
 PROG = "generate.py"
@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and (value < 8 or value % 8):
             problems.append(f"--{name} {value} is not a positive multiple of 8 (the VAE downsamples by 8)")
+        elif value is not None and value > MAX_IMAGE_SIDE:
+            problems.append(f"--{name} {value} is above the maximum {MAX_IMAGE_SIDE} (the trainer's limit; memory "
+                            "grows with the square of the side)")
     if args.output.is_dir():
         problems.append(f"-o {args.output} is a directory; give the PNG file to write, e.g. {args.output / 'grid.png'}")
     elif args.output.exists() and not os.access(args.output, os.W_OK):
