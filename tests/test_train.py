@@ -67,9 +67,22 @@ def test_saved_embedding_loads_in_ppdiffusers_and_changes_the_prompt(tiny_model_
     pipe.load_textual_inversion(str(out / "learned_embeds.pdparams"))
     token_id = pipe.tokenizer.convert_tokens_to_ids("<demo-toy>")
     saved = _load_pdparams(out / "learned_embeds.pdparams")["<demo-toy>"]
-    loaded = pipe.text_encoder.get_input_embeddings().weight[token_id].numpy()
-    assert np.array_equal(loaded, saved[0])
-    image = pipe("a photo of a <demo-toy>", num_inference_steps=2, height=64, width=64,
+    weight = pipe.text_encoder.get_input_embeddings().weight
+    assert np.array_equal(weight[token_id].numpy(), saved[0])
+
+    prompt = "a photo of a <demo-toy>"
+    assert pipe.tokenizer(prompt)["input_ids"].count(token_id) == 1  # one token, not split into pieces
+    with paddle.no_grad():
+        trained_embeds = pipe.encode_prompt(prompt, 1, False)[0].numpy()
+        initializer = pipe.tokenizer("toy", add_special_tokens=False)["input_ids"]
+        weight[token_id] = weight[initializer].mean(axis=0)  # the row training started from
+        initial_embeds = pipe.encode_prompt(prompt, 1, False)[0].numpy()
+        weight[token_id] = paddle.to_tensor(saved[0])
+    change = np.abs(trained_embeds - initial_embeds)
+    assert change.max() > 1e-4, "the trained row does not change the prompt's encoding"
+    position = pipe.tokenizer(prompt)["input_ids"].index(token_id)
+    assert change[0, :position].max() == 0  # causal attention: the words before the placeholder are untouched
+    image = pipe(prompt, num_inference_steps=2, height=64, width=64,
                  generator=paddle.Generator().manual_seed(0)).images[0]
     assert isinstance(image, Image.Image) and image.size == (64, 64)
 
@@ -205,11 +218,29 @@ def test_logged_loss_is_the_mean_over_accumulated_micro_batches(tiny_model_en, d
     assert optimizer_step(run, iter(micro)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_gradient_clipping_uses_the_trained_rows_norm(tiny_model_en, demo_images, tmp_path):
-    run = setup(_config(tiny_model_en, demo_images, tmp_path / "o", max_grad_norm=1e-4, learning_rate=1.0,
-                        adam_weight_decay=0.0), DistContext())
-    clip = run.optimizer._grad_clip
-    assert clip is not None and [p.name for p in run.optimizer._parameter_list] == [run.rows.rows.name]
+def test_gradient_clipping_limits_the_update_to_max_grad_norm(tiny_model_en, demo_images, tmp_path):
+    """--max_grad_norm clips the rows' gradient to that global norm before AdamW uses it. With epsilon 1 (far above
+    the gradient) AdamW's first update is lr * g / (|g| + 1) elementwise, so it shows the gradient it was given: the
+    clipped one, g * max_grad_norm / |g|, not the raw one (about 100 times larger here)."""
+    from ppti.train import batches
+
+    max_grad_norm = 1e-4
+    run = setup(_config(tiny_model_en, demo_images, tmp_path / "o", max_grad_norm=max_grad_norm, learning_rate=1.0,
+                        adam_epsilon=1.0, adam_weight_decay=0.0), DistContext())
+    assert [p.name for p in run.optimizer._parameter_list] == [run.rows.rows.name]
+    micro = list(batches(run, 0))[:1]
+    micro_step_loss(run, micro[0]).backward()
+    raw = run.rows.rows.grad.numpy().copy()
+    run.optimizer.clear_grad()
+    assert np.linalg.norm(raw) > 20 * max_grad_norm, "the gradient must be well above the clip for this test"
+    before = run.rows.rows.numpy().copy()
+    optimizer_step(run, iter(micro))
+    update = before - run.rows.rows.numpy()
+    clipped = raw * (max_grad_norm / np.linalg.norm(raw))
+    expected = clipped / (np.abs(clipped) + 1.0)
+    error = np.abs(update - expected).max() / np.abs(expected).max()
+    assert error < 1e-3, f"the update is not the clipped gradient's: relative error {error:.2e}"
+    assert np.linalg.norm(update) <= max_grad_norm
 
 
 def test_seed_zero_is_a_seed(tiny_model_en, demo_images, tmp_path):
@@ -222,15 +253,39 @@ def test_seed_zero_is_a_seed(tiny_model_en, demo_images, tmp_path):
     assert not np.array_equal(_load_pdparams(other)["<demo-toy>"], finals[0])
 
 
-def test_v_prediction_and_noise_offset_train(tmp_path, demo_images):
+def test_v_prediction_with_noise_offset_trains_the_rows(tmp_path, demo_images):
     from ppti.tiny import make_tiny_model
 
     model = make_tiny_model(tmp_path / "vpred", prediction_type="v_prediction")
     config = _config(model, demo_images, tmp_path / "o", noise_offset=0.1, max_train_steps=2)
     run = setup(config, DistContext())
     assert run.components.noise_scheduler.config.prediction_type == "v_prediction"
+    before = run.rows.rows.numpy().copy()
     train_loop(run)
-    assert np.isfinite(run.rows.rows.numpy()).all()
+    after = run.rows.rows.numpy()
+    assert np.isfinite(after).all() and np.abs(after - before).max() > 1e-3
+
+
+def test_noise_offset_adds_one_draw_per_example_and_channel_to_the_noise(tiny_model_en, demo_images, tmp_path):
+    """--noise_offset s (https://www.crosslabs.org//blog/diffusion-with-offset-noise): the noise of each example is
+    the plain Gaussian noise plus s x one standard normal draw per channel, the same at every pixel -- seen in the
+    batches the trainer draws, against the same run without it."""
+    from ppti.train import batches
+
+    def noise_of(out, offset):
+        run = setup(_config(tiny_model_en, demo_images, out, noise_offset=offset, max_train_steps=8), DistContext())
+        draws = list(batches(run, 0))
+        return np.concatenate([b["noise"].numpy() for b in draws]), [b["variant"].numpy() for b in draws]
+
+    plain, plain_variants = noise_of(tmp_path / "a", 0.0)
+    offset, offset_variants = noise_of(tmp_path / "b", 0.1)
+    assert all(np.array_equal(a, b) for a, b in zip(plain_variants, offset_variants))  # the same examples
+    shift = offset - plain  # (N, C, h, w)
+    per_channel = shift.mean(axis=(2, 3), keepdims=True)
+    assert np.abs(shift - per_channel).max() < 1e-6, "the offset is not one value per example and channel"
+    draws = per_channel.ravel() / 0.1  # N x C standard normal draws
+    assert len(draws) >= 32 and 0.7 < draws.std() < 1.3 and abs(draws.mean()) < 0.5, draws
+    assert len(np.unique(np.round(draws, 5))) == len(draws)  # a new draw for every example and channel
 
 
 # ------------------------------------------------------------------------------------------------------------
