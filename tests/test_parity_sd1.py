@@ -128,14 +128,12 @@ def test_loss_and_row_gradients_match_the_diffusers_sd1_computation(models, step
     for name, mine in steps.items():
         other = theirs[name]
         assert np.array_equal(other["ids"], mine["ids"]), name  # diffusers' tokenizer reads the same prompts
-        np.testing.assert_allclose(mine["latents"], other["latents"], rtol=TOLERANCE,
-                                   atol=TOLERANCE * np.abs(other["latents"]).max(), err_msg=name)
+        latent_error = np.abs(mine["latents"] - other["latents"]).max() / np.abs(other["latents"]).max()
+        assert latent_error <= TOLERANCE, (name, "latents", latent_error)  # scaled posterior sample of the pixels
         assert (np.abs(mine["grad"]).max(axis=1) > 0).all(), name  # every vector is in the prompt and trains
         loss_error, grad_error = relative_errors(mine, other)
         print(f"{name}: loss {mine['loss']:.6f}, relative error loss {loss_error:.2e}, gradient {grad_error:.2e}")
         assert loss_error <= TOLERANCE and grad_error <= TOLERANCE, (name, loss_error, grad_error)
-        np.testing.assert_allclose(mine["grad"], other["grad"], rtol=TOLERANCE,
-                                   atol=TOLERANCE * np.abs(other["grad"]).max(), err_msg=name)
     # the cases differ where they should: the target, the number of rows, and nothing between cache and encoder
     assert steps["epsilon-1v-cached"]["loss"] != steps["v_prediction-1v-cached"]["loss"]
     assert steps["epsilon-3v-cached"]["grad"].shape == (3, 32)
