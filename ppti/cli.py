@@ -1,5 +1,6 @@
-"""`train_textual_inversion.py`: configuration errors and user-fixable problems become one clear line, not a
-traceback from deep inside Paddle."""
+"""`train_textual_inversion.py` (and the `ppti-train` console script): the process's entry point. It sets up
+console logging, and configuration errors and user-fixable problems become one clear line, not a traceback from
+deep inside Paddle."""
 
 from __future__ import annotations
 
@@ -23,13 +24,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     # Paddle and ppdiffusers import slowly: only after the configuration is known to be valid.
     from .atomic import WriteError
     from .data import DataError
+    from .distributed import init_distributed
     from .models import ModelError
+    from .reporting import setup_console
     from .signals import TrainingInterrupted
     from .tokens import TokenError
     from .train import TrainingError, train
 
     try:
-        train(config)
+        ctx = init_distributed()  # (under paddle.distributed.launch: this rank joins the group)
+        setup_console(ctx.is_main)  # rank 0 logs INFO, the other ranks warnings and errors only
+        train(config, ctx)
     except (ConfigError, DataError, ModelError, TokenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -187,9 +187,14 @@ def worker(out_dir: str, argv: list[str]) -> None:
     import paddle.distributed as dist
 
     from .config import parse_config
+    from .distributed import init_distributed
+    from .reporting import setup_console
     from .train import run_training
 
-    result = run_training(parse_config(argv))
+    config = parse_config(argv)
+    ctx = init_distributed()
+    setup_console(ctx.is_main)  # (this process's entry point)
+    result = run_training(config, ctx)
     np.save(Path(out_dir) / f"rank-{dist.get_rank()}.npy", result.rows)
 
 

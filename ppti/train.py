@@ -33,7 +33,7 @@ from .latents import latent_shape, latent_source, release_vae, vae_needed_after_
 from .models import Components, load_components
 from .precision import Precision, cast_vae_for_decoding, prepare_frozen_models, resolve_precision
 from .prompts import build_prompts, check_prompt_room, ids_per_encoder
-from .reporting import NullReporter, Reporter, format_summary, progress_bar, setup_console
+from .reporting import NullReporter, Reporter, format_summary, progress_bar
 from .runfiles import VALIDATION_DIR, embeddings_name
 from .tokens import PlaceholderEmbedding
 from .signals import StopRequest, TrainingInterrupted, stop_on_signals
@@ -432,9 +432,9 @@ def train(config: TrainConfig, ctx: Optional[DistContext] = None) -> Path:
 
 @report_failures_to_main_rank
 def run_training(config: TrainConfig, ctx: Optional[DistContext] = None) -> TrainResult:
-    """Run a whole training; returns what it left (the final file on rank 0; the rows each rank holds)."""
+    """Run a whole training; returns what it left (the final file on rank 0; the rows each rank holds). Console
+    logging is the caller's: entry points call reporting.setup_console."""
     ctx = ctx or init_distributed()
-    setup_console(ctx.is_main)
     resume = checkpoint.find_resume(config, ctx.world_size, ctx.is_main)  # refused before any model loads
     config = resume.config if resume else config  # (with the checkpoint's seed unless --seed is given)
     outputs.check_output_dir(config)  # an earlier run's folder: refused unless resumed or overwritten

@@ -13,11 +13,16 @@ import numpy as np
 import paddle.distributed as dist
 
 from ppti.config import parse_config
+from ppti.distributed import init_distributed
+from ppti.reporting import setup_console
 from ppti.train import run_training
 
 
 def main(out_dir: str, argv: list[str]) -> None:
-    result = run_training(parse_config(argv))
+    config = parse_config(argv)
+    ctx = init_distributed()
+    setup_console(ctx.is_main)  # (as train_textual_inversion.py does)
+    result = run_training(config, ctx)
     np.save(Path(out_dir) / f"rank-{dist.get_rank()}-rows.npy", result.rows)
 
 
