@@ -14,9 +14,9 @@ from typing import Any, Optional, Sequence
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from . import security
-
 from ppti import runfiles  # (standard library only: the run files' names, shared with the trainer)
+
+from . import security
 
 MIN_IMAGES, MAX_IMAGES = 3, 20
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -26,7 +26,7 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Keys of the "advanced" YAML box that the form itself sets (so the two cannot disagree).
 FORM_KEYS = ("pretrained_model_name_or_path", "train_data_dir", "output_dir", "placeholder_token",
              "initializer_token", "learnable_property", "max_train_steps", "learning_rate", "resolution", "height",
-             "width", "num_vectors")
+             "width", "num_vectors", "train_batch_size")
 # Keys of the YAML box that name files: resolved inside the workspace like every other path.
 PATH_KEYS = ("tokenizer_name", "templates", "resume_from_checkpoint")
 
@@ -56,6 +56,8 @@ class Workspace:
         text = (value or "").strip()
         if not text:
             raise WorkspaceError(f"{field}: empty; give a path inside the workspace {self.root}")
+        if has_control_characters(text):
+            raise WorkspaceError(f"{field} {text!r}: contains a control character (such as NUL); type the path again")
         path = Path(text).expanduser() if text.startswith("~") else Path(text)
         if ".." in path.parts:
             raise WorkspaceError(f"{field} {text}: '..' is not allowed; give a path inside the workspace {self.root}")
@@ -107,6 +109,27 @@ class Workspace:
         for i, (source, suffix) in enumerate(checked):
             shutil.copyfile(source, target / f"{i:02d}-{safe_stem(source.stem)}{suffix}")
         return target
+
+
+def has_control_characters(text: str, allowed: str = "") -> bool:
+    """Whether `text` holds a NUL or another control character (other than those in `allowed`)."""
+    return any((ord(c) < 32 or 127 <= ord(c) < 160) and c not in allowed for c in text)
+
+
+def sort_uploads(files: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the files that are images within the limits, a one-line refusal per other file): an upload is judged file
+    by file, so one bad file does not cost the good ones."""
+    kept, refused = [], []
+    for name in files:
+        try:
+            check_image(Path(name))
+        except WorkspaceError as exc:
+            refused.append(str(exc).removeprefix("images: "))
+        except OSError as exc:
+            refused.append(f"{Path(name).name}: not readable ({exc.strerror})")
+        else:
+            kept.append(name)
+    return kept, refused
 
 
 def safe_stem(stem: str) -> str:

@@ -284,3 +284,103 @@ def test_evaluate_runs_as_a_project_subprocess_and_its_results_are_shown(tiny_mo
     message = str(refused.value)
     assert "error: " in message and "(it is a Stable Diffusion pipeline folder)" in message
     assert "\n" not in message and "Traceback" not in message
+
+
+# ---- issue 27: the trainer's checks the page relies on ----------------------------------------------------------
+def test_check_config_refuses_a_caption_extension_and_control_characters_before_loading(tiny_model_en, tmp_path):
+    """`caption_source: both` + `caption_extension: ./x` passed every check, then the trainer died in
+    Path.with_suffix; a NUL in a path (possible through YAML) failed deep inside Python. Both are refused by the
+    config check now, in one line, with the flag named."""
+    config = tmp_path / "c.yaml"
+    config.write_text('caption_source: both\ncaption_extension: ./x\ntemplates: "t\\0.txt"\n')
+    refused = check("config", "--config", config, "--pretrained_model_name_or_path", tiny_model_en,
+                    "--train_data_dir", DEMO_IMAGES, "--placeholder_token", "<x>", "--initializer_token", "toy",
+                    "--output_dir", tmp_path / "out")
+    message = refused.stderr.strip()
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--caption_extension './x' must be a file extension" in message
+    assert "--templates 't\\x00.txt' contains a control character" in message
+
+
+@pytest.mark.parametrize("model", ["models", "models/m/unet"])
+def test_check_config_answers_a_folder_that_is_not_a_model_in_one_line(ws, model):
+    """The page's model field given a folder of models or one component: one line naming the flag (it printed a
+    FileNotFoundError traceback, and the page said 'see the page's console')."""
+    (ws.root / "models" / "m" / "unet").mkdir()
+    done = subprocess.run([sys.executable, str(CHECK), "placeholder", "--model", model, "--placeholder_token", "<x>",
+                           "--initializer_token", "toy"], capture_output=True, text=True, cwd=ws.root, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == (f"error: --pretrained_model_name_or_path {model}: no tokenizer/ folder; point it "
+                                   "at a Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, "
+                                   "tokenizer/, scheduler/)")
+
+
+# ---- issue 27: defaults from the model and the machine, run endings, uploads file by file ---------------------
+def test_defaults_come_from_the_model_and_the_memory_available(tmp_path):
+    from ppti_webui.defaults import (
+        GIB, SHIPPED_MODELS, estimate_bytes, form_defaults, memory_verdict, model_choices, model_facts,
+    )
+
+    toy = model_facts(SHIPPED_MODELS[0])
+    assert (toy.sample_size, toy.channels, toy.small) == (32, 32, True)
+    assert form_defaults(toy, 20 * GIB) == form_defaults(toy, 20 * GIB).__class__(32, 4, 100, 5e-3, 50)
+    # the measured peaks the estimate was fitted on (MiB), within 5%
+    for (side, batch), mib in {(32, 4): 615, (128, 8): 908, (256, 2): 1208}.items():
+        assert abs(estimate_bytes(toy, side, side, batch) / 2**20 - mib) < 0.05 * mib
+    assert estimate_bytes(toy, 512, 512, 16) > 50 * GIB  # the issue's old default: killed at 23 GB
+    assert form_defaults(toy, int(0.9 * GIB)).batch_size == 1  # 0.6 GiB is above 60% of 0.9 GiB even at batch 1
+    assert memory_verdict(toy, 512, 512, 16, 20 * GIB)[0] == "memory_too_much"
+    assert memory_verdict(toy, 32, 32, 4, 20 * GIB) == ("memory_ok", {"need": "0.6", "have": "20.0"})
+    # an SD-1.x layout: 64 x 8 = 512 px, the ppdiffusers example's steps
+    sd = tmp_path / "ws" / "models" / "sd"
+    for part, config in (("unet", {"sample_size": 64, "block_out_channels": [320, 640, 1280, 1280]}),
+                         ("vae", {"block_out_channels": [128, 256, 512, 512]})):
+        (sd / part).mkdir(parents=True)
+        (sd / part / "config.json").write_text(json.dumps(config))
+    (sd / "model_index.json").write_text("{}")
+    (tmp_path / "ws" / "runs" / "r" / "x").mkdir(parents=True)
+    (tmp_path / "ws" / "runs" / "r" / "x" / "model_index.json").write_text("{}")  # (a run's saved pipeline)
+    facts = model_facts(sd)
+    assert (facts.sample_size, facts.small) == (512, False)
+    d = form_defaults(facts, 20 * GIB)
+    assert (d.resolution, d.batch_size, d.steps) == (512, 1, 3000)
+    assert model_choices(tmp_path / "ws") == [("models/sd", "models/sd"), ("toy-world (ppti)", str(SHIPPED_MODELS[0])),
+                                              ("toy-world-zh (ppti)", str(SHIPPED_MODELS[1]))]
+
+
+def test_a_killed_run_a_failed_push_and_the_start_phases_are_read_from_its_files(tmp_path):
+    from ppti_webui.runs import RESUMED, log_tail, start_phase
+
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "webui").mkdir(parents=True)
+    (run_dir / "webui" / "run.json").write_text(json.dumps({"pid": 0, "command": [], "started": 0}))
+    assert start_phase("") == "phase_loading"
+    assert start_phase("[12:00:00] INFO initializer 'toy' -> ['toy</w>']\n") == "phase_encoding"
+    assert start_phase("... INFO latents: posterior of 8 image variants cached\n") == "phase_first_step"
+    log = "".join(f"line {i}\n" for i in range(30)) + "\rTrain steps: 1/9\rTrain steps: 2/9\n"
+    assert log_tail(log) == "\n".join([f"line {i}" for i in range(16, 30)] + ["Train steps: 2/9"])
+    (run_dir / "webui" / "train.log").write_text("Train steps:   0%|  | 1/9 [00:01<00:09, loss=0.5]\n")
+    (run_dir / "webui" / "exit.json").write_text(json.dumps({"returncode": -9}))
+    state = read_state(run_dir)
+    assert (state.status, state.killed, state.message) == ("failed", True, "")
+    assert "Train steps" in state.log_tail
+    (run_dir / "webui" / "train.log").write_text(
+        "interrupted: SIGINT at step 1/9: saved x\n" + f"\n{RESUMED}\n"
+        "[12:00:00] ERROR --push_to_hub: upload to me/r failed (401 Unauthorized); the results are in out\n")
+    (run_dir / "webui" / "exit.json").write_text(json.dumps({"returncode": 0}))
+    state = read_state(run_dir)
+    assert (state.status, state.message) == ("finished", "")  # (the interrupted line belongs to the first attempt)
+    assert state.push_failed == "--push_to_hub: upload to me/r failed (401 Unauthorized); the results are in out"
+
+
+def test_uploads_are_sorted_file_by_file(ws, tmp_path):
+    from ppti_webui.workspace import sort_uploads
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (MAX_IMAGE_BYTES + 1))
+    fake = tmp_path / "notes.png"
+    fake.write_text("text")
+    kept, refused = sort_uploads([*demo_files(), str(big), str(fake)])
+    assert kept == demo_files()
+    assert refused == ["big.png is 20.0 MiB; the limit is 20 MiB per image",
+                       "notes.png is not an image the trainer can read (unknown format)"]

@@ -11,6 +11,7 @@ written (downscaled) to DIR, which is how docs/webui-*.png were made.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import DEMO_IMAGES, REPO
@@ -69,20 +71,16 @@ def driver_failure(stderr: str, keep_polls: int = 3) -> str:
     return "\n".join(kept)[-8000:]
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    from ppti.tiny import make_tiny_clip, make_tiny_model
+def drive(root: Path, workspace: Path, *driver_args: str) -> tuple[dict, Path, Path, str]:
+    """tests/webui_driver.py with .venv-webui's Python on `workspace`: (result.json, workspace, out, page.log)."""
     from ppti_webui import venv
 
     python = venv.ensure(REPO / "requirements-webui-test.txt")  # the page's own venv, plus Playwright
-    root = tmp_path_factory.mktemp("webui")
-    workspace, out = root / "workspace", root / "out"
-    make_tiny_model(workspace / "models" / "tiny-sd", language="en")
-    make_tiny_clip(workspace / "models" / "tiny-clip")  # for Evaluate (tools/evaluate.py --clip_model)
+    out = root / "out"
     out.mkdir()
     command = [str(python), str(REPO / "tests" / "webui_driver.py"), "--project_python", sys.executable,
                "--workspace", str(workspace), "--port", str(free_port()), "--images", str(DEMO_IMAGES),
-               "--out", str(out), "--chromium", str(CHROMIUM)]
+               "--out", str(out), "--chromium", str(CHROMIUM), *driver_args]
     # its own process group: on a time-out the driver, its page and its browser go together
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                               start_new_session=True)
@@ -98,6 +96,17 @@ def session(tmp_path_factory):
     if os.environ.get("PPTI_WEBUI_SCREENSHOTS"):
         save_screenshots(out, Path(os.environ["PPTI_WEBUI_SCREENSHOTS"]))
     return json.loads((out / "result.json").read_text()), workspace, out, page_log
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    from ppti.tiny import make_tiny_clip, make_tiny_model
+
+    root = tmp_path_factory.mktemp("webui")
+    workspace = root / "workspace"
+    make_tiny_model(workspace / "models" / "tiny-sd", language="en")
+    make_tiny_clip(workspace / "models" / "tiny-clip")  # for Evaluate (tools/evaluate.py --clip_model)
+    return drive(root, workspace)
 
 
 def test_page_listens_on_loopback_only(session):
@@ -208,6 +217,135 @@ def test_language_switch_relabels_the_page(session):
 def test_no_traceback_reaches_the_page(session):
     result, *_ = session
     assert not any("Traceback" in str(value) for value in result.values())
+
+
+# ---- a first-time user on the toy world (issue 27) --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def first_use(tmp_path_factory):
+    """The page started without --model on a workspace holding one model (tiny-sd); the user picks the shipped toy
+    world and keeps its defaults."""
+    from ppti.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("webui-first-use")
+    workspace = root / "workspace"
+    make_tiny_model(workspace / "models" / "tiny-sd", language="en")
+    return drive(root, workspace, "--scenario", "first-use", "--model", "")
+
+
+def test_model_picker_lists_the_workspace_models_and_the_toy_world(first_use):
+    result, *_ = first_use
+    assert result["model_choices"] == ["models/tiny-sd", "toy-world (ppti)", "toy-world-zh (ppti)"]
+
+
+def test_defaults_come_from_the_model_and_fit_the_machine(first_use):
+    """The toy world's own 32 px, a batch size shown on the form whose memory estimate fits, the quick start's steps
+    and learning rate; the run trains to the end on this machine (before: 512 px, batch 16, killed at 23 GB)."""
+    result, workspace, *_ = first_use
+    assert result["defaults"] == {"resolution": "32", "batch-size": "4", "steps": "100", "lr": "0.005",
+                                  "validation-steps": "50"}
+    assert result["memory"].startswith("Memory: about 0.6 GB of the ")
+    assert "concept · Finished · step 100/100" in result["concept_status"]
+    run = workspace / "runs" / "concept"
+    assert json.loads((run / "webui" / "exit.json").read_text()) == {"returncode": 0}
+    config = yaml.safe_load((run / "train_config.yaml").read_text())
+    assert (config["resolution"], config["train_batch_size"], config["max_train_steps"]) == (32, 4, 100)
+
+
+def test_a_starting_run_shows_its_phase(first_use):
+    result, *_ = first_use
+    assert "concept · Running · starting: " in result["phase"]
+
+
+def test_each_empty_number_and_nul_byte_is_answered_next_to_its_field(first_use):
+    result, workspace, *_ = first_use
+    assert "fix the field(s) marked below: Training steps; Learning rate; Number of vectors; Resolution" \
+        in result["empty_action"]
+    for elem, shown in result["empty_fields"].items():
+        assert "✘ empty: give a number" in shown, elem
+    for elem, shown in result["nul_fields"].items():
+        assert "✘ contains a control character (such as NUL): type it again" in shown, elem
+    assert "advanced YAML templates 't\\x00.txt': contains a control character" in result["nul_yaml"]
+    assert "✘ empty: give a number" in result["seed_empty"] and "Seed" in result["seed_message"]
+    assert "--pretrained_model_name_or_path models/tiny-sd/unet: no tokenizer/ folder" in result["model_not_a_model"]
+
+
+def test_generate_prompt_follows_the_selected_run(first_use):
+    """A style run started after an object run: Generate offers its own word "in the style of" (before: the
+    previous run's word, and "a photo of a" for styles); picking the other run follows."""
+    result, *_ = first_use
+    assert result["prompt_style"] == "a painting in the style of <my-style>"
+    assert result["prompt_concept"] == "a photo of a <my-concept>"
+
+
+def test_resume_continues_a_stopped_run_to_the_same_embedding(first_use, tmp_path):
+    """Stop names Resume; Resume continues in the run's own folder from its checkpoint and ends with the embedding an
+    uninterrupted run with the same command trains."""
+    from ppti.embeddings import read_embeddings
+
+    result, workspace, *_ = first_use
+    assert "press Resume to continue long" in result["stop_message"]
+    assert "long · Stopped" in result["stopped_status"] and "long · Finished · step 40/40" in result["resumed_status"]
+    run = workspace / "runs" / "long"
+    assert [p.name for p in (workspace / "runs").iterdir() if p.name.startswith("long")] == ["long"]
+    command = json.loads((run / "webui" / "run.json").read_text())["command"]
+    assert command[-4:] == ["--resume_from_checkpoint", "latest", "--output_dir", str(run)]
+    log_text = (run / "webui" / "train.log").read_text()
+    assert "resuming from" in log_text and "interrupted: SIGINT at step" in log_text
+    seed = re.search(r"# resolved seed: (\d+)", (run / "train_config.yaml").read_text()).group(1)
+    uninterrupted = tmp_path / "uninterrupted"
+    done = subprocess.run([*command[:-4], "--seed", seed, "--output_dir", str(uninterrupted)], cwd=workspace,
+                          capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    (resumed,) = read_embeddings(run / "learned_embeds.pdparams")
+    (straight,) = read_embeddings(uninterrupted / "learned_embeds.pdparams")
+    np.testing.assert_array_equal(resumed.vectors, straight.vectors)
+
+
+def test_a_run_killed_by_the_system_says_out_of_memory_and_shows_the_log(first_use):
+    result, workspace, *_ = first_use
+    assert "oom · Failed" in result["killed_status"]
+    assert ("the system stopped training, most likely out of memory: lower the resolution or the batch size"
+            in result["killed_status"])
+    assert json.loads((workspace / "runs" / "oom" / "webui" / "exit.json").read_text()) == {"returncode": -9}
+    assert "Train steps:" in result["log_tail"] and "Running training" in result["log_tail"]
+
+
+def test_an_oversize_file_is_refused_alone_and_the_others_kept(first_use):
+    result, workspace, *_ = first_use
+    assert "Kept 4 image(s); refused: big.png is 25.0 MiB; the limit is 20 MiB per image" in result["upload_message"]
+    assert all(f"toy-{i}" in result["upload_rows"] for i in range(1, 5)) and "big" not in result["upload_rows"]
+    assert len(list((workspace / "uploads" / "concept").iterdir())) == 4
+
+
+def english_words() -> set[str]:
+    """Words of the label table's English texts that its Chinese texts do not use (names such as YAML, Hub or
+    WebUI appear in both and are not English words to translate)."""
+    from ppti_webui.i18n import TEXT
+
+    words = lambda s: {w.lower() for w in re.findall(r"[A-Za-z]{3,}", re.sub(r"\{[a-z_]+\}", "", s))}
+    english = set().union(*(words(en) for en, _ in TEXT.values()))
+    return english - set().union(*(words(zh) for _, zh in TEXT.values()))
+
+
+def test_the_chinese_page_has_no_english_words_left(first_use):
+    """Every label, info, choice, button, column header and message of the four tabs in Chinese mode (including a
+    refused Start), checked against the English words of the label table."""
+    result, *_ = first_use
+    english = english_words()
+    assert {"training", "steps", "resolution", "style", "memory"} <= english
+    left = {tab: [t for t in texts if {w.lower() for w in re.findall(r"[A-Za-z]{3,}", t)} & english]
+            for tab, texts in result["zh_texts"].items()}
+    assert all(texts for texts in result["zh_texts"].values())
+    assert left == {"train": [], "compare": [], "generate": [], "export": []}
+
+
+def test_no_python_exception_reaches_the_browser_console(session, first_use):
+    """Across both browser sessions: nothing a handler raised reached the page (Gradio prints a raised exception
+    in the browser's console as an error)."""
+    for result, *_ in (session, first_use):
+        errors = [line for line in result["console"] if line.startswith(("error", "pageerror"))]
+        assert not [e for e in errors if re.search(r"Error|Exception|Traceback", e)], errors
 
 
 TICK_CHECK = """

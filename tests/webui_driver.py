@@ -7,6 +7,7 @@ tests/test_webui_browser.py with .venv-webui's Python. Writes OUT/result.json, O
 
 import argparse
 import json
+import os
 import re
 import signal
 import socket
@@ -44,7 +45,7 @@ class PageProcess:
 
     def start(self) -> None:
         command = [self.args.project_python, str(REPO / "tools" / "webui.py"), "--workspace", self.args.workspace,
-                   "--port", str(self.args.port), "--model", "models/tiny-sd"]
+                   "--port", str(self.args.port)] + (["--model", self.args.model] if self.args.model else [])
         self.proc = subprocess.Popen(command, stdout=open(Path(self.args.out) / "page.log", "a"),
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
@@ -139,8 +140,8 @@ def train_form(page: Page, images, run_name: str, steps: int, validation_steps: 
     fill(page, "lr", 5e-3)
     fill(page, "resolution", 64)
     fill(page, "validation-steps", validation_steps)
-    fill(page, "advanced", "repeats: 4\ntrain_batch_size: 2\nnum_validation_images: 2\nseed: 7\nlr_warmup_steps: 0\n"
-                           "checkpointing_steps: 0")
+    fill(page, "batch-size", 2)
+    fill(page, "advanced", "repeats: 4\nnum_validation_images: 2\nseed: 7\nlr_warmup_steps: 0\ncheckpointing_steps: 0")
     fill(page, "run-name", run_name)
 
 
@@ -153,16 +154,186 @@ def run(args) -> dict:
     out = Path(args.out)
     (out / "downloads").mkdir(parents=True, exist_ok=True)
     images = sorted(str(p) for p in Path(args.images).glob("*.png"))
-    result: dict = {}
+    result: dict = {"console": []}
     server = PageProcess(args)
     server.start()
     result["listening"] = listening_addresses(args.port)
     try:
-        drive(args, server, out, images, result)
+        (drive_first_use if args.scenario == "first-use" else drive)(args, server, out, images, result)
     finally:
         if server.proc.poll() is None:
             server.kill()
     return result
+
+
+def record_console(page: Page, result: dict) -> None:
+    """Everything the page prints in the browser's console (a Python exception of a handler shows up there)."""
+    page.on("console", lambda message: result["console"].append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: result["console"].append(f"pageerror: {error}"))
+
+
+def value_of(page: Page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
+
+
+def trainer_pid(launcher_pid: int) -> int:
+    """The trainer: the launcher's child process."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    return int(children[0])
+
+
+def drive_first_use(args, server: PageProcess, out: Path, images: list[str], result: dict) -> None:
+    """A first-time user on the toy world: the defaults, every mistake answered, Generate's prompt, Stop and
+    Resume, a run killed by the system, a mixed upload, the Chinese page."""
+    runs = Path(args.workspace) / "runs"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        record_console(page, result)
+        page.goto(server.url)
+        expect(page.locator("#start")).to_be_visible(timeout=60_000)
+
+        # -- the model picker and the defaults it brings ----------------------------------------------------------
+        page.locator("#model input").first.click()
+        # (the selected option carries a check mark)
+        result["model_choices"] = [t.removeprefix("✓").strip() for t in page.locator("[role=option]").all_inner_texts()]
+        page.locator("[role=option][aria-label='toy-world (ppti)']").first.click()
+        expect(page.locator("#resolution input")).to_have_value("32", timeout=30_000)
+        result["defaults"] = {e: value_of(page, e) for e in ("resolution", "batch-size", "steps", "lr",
+                                                              "validation-steps")}
+        result["memory"] = wait_text(page, "memory", "GB", timeout=30_000)
+
+        # -- mistakes: empty numbers, NUL bytes, an oversize file among good ones -----------------------------------
+        for elem in ("steps", "lr", "resolution", "num-vectors"):
+            fill(page, elem, "")
+        page.click("#start")
+        result["empty_action"] = wait_text(page, "action", "fix the field", timeout=30_000)
+        result["empty_fields"] = {e: wait_text(page, e, "empty: give a number", timeout=10_000)
+                                  for e in ("steps", "lr", "resolution", "num-vectors")}
+        for elem, value in (("steps", result["defaults"]["steps"]), ("lr", result["defaults"]["lr"]),
+                            ("resolution", 32), ("num-vectors", 1)):
+            fill(page, elem, value)
+        for elem in ("data-dir", "placeholder", "validation-prompt"):
+            fill(page, elem, "a\x00b")
+        page.click("#start")
+        result["nul_fields"] = {e: wait_text(page, e, "control character", timeout=30_000)
+                                for e in ("data-dir", "placeholder", "validation-prompt")}
+        fill(page, "data-dir", "")
+        fill(page, "validation-prompt", "")
+        fill(page, "placeholder", "<my-concept>")
+        fill(page, "advanced", 'templates: "t\\0.txt"')
+        page.click("#start")
+        result["nul_yaml"] = wait_text(page, "action", "control character", timeout=30_000)
+        fill(page, "advanced", "")
+        fill(page, "model", "models/tiny-sd/unet")  # (one component of a model, as a user may pick)
+        page.locator("#model input").first.press("Enter")  # (a typed value is taken on Enter)
+        result["model_not_a_model"] = wait_text(page, "token-check", "no tokenizer/ folder", timeout=60_000)
+        page.locator("#model input").first.click()
+        page.locator("[role=option][aria-label='toy-world (ppti)']").first.click()
+        wait_text(page, "token-check", "new token(s)", timeout=60_000)
+
+        big = out / "big.png"
+        big.write_bytes(b"\0" * (25 * 2**20))
+        page.set_input_files("#images input[type=file]", images + [str(big)])
+        result["upload_message"] = wait_text(page, "upload-message", "refused", timeout=60_000)
+        expect(page.locator("#images table tr")).to_have_count(len(images), timeout=30_000)
+        result["upload_rows"] = page.locator("#images table").inner_text()
+
+        # -- the defaults train the toy world to the end; the start-up phases are shown ----------------------------
+        fill(page, "run-name", "concept")
+        page.click("#start")
+        wait_text(page, "action", "concept", timeout=120_000)
+        result["phase"] = wait_text(page, "status", "starting:", timeout=60_000)
+        result["concept_status"] = wait_text(page, "status", "concept · Finished", timeout=TRAIN_TIMEOUT_MS)
+        log(f"defaults run: {result['concept_status']!r}")
+        screenshot(page, out, "first-use")
+
+        # -- a style run: Generate's prompt is the selected run's own ----------------------------------------------
+        fill(page, "placeholder", "<my-style>")
+        choose(page, "property", "style")
+        fill(page, "steps", 10)
+        fill(page, "run-name", "style")
+        page.click("#start")
+        wait_text(page, "action", "style", timeout=120_000)
+        page.click("#tab-generate-button")
+        prompt_box = page.locator("#prompt textarea, #prompt input").first
+        expect(prompt_box).to_have_value("a painting in the style of <my-style>", timeout=30_000)
+        result["prompt_style"] = prompt_box.input_value()
+        wait_text(page, "status", "style · Finished", timeout=TRAIN_TIMEOUT_MS)
+        pick(page, "run", "concept")
+        expect(prompt_box).to_have_value("a photo of a <my-concept>", timeout=30_000)
+        result["prompt_concept"] = prompt_box.input_value()
+        fill(page, "seed", "")
+        page.click("#generate")
+        result["seed_empty"] = wait_text(page, "seed", "empty: give a number", timeout=30_000)
+        result["seed_message"] = text_of(page, "gen-message")
+        fill(page, "seed", 42)
+
+        # -- Stop, then Resume in the same folder ------------------------------------------------------------------
+        page.click("#tab-train-button")
+        choose(page, "property", "object")
+        fill(page, "placeholder", "<my-long>")
+        fill(page, "steps", 40)
+        fill(page, "run-name", "long")
+        page.click("#start")
+        wait_text(page, "action", "long", timeout=120_000)
+        wait_step_above(page, "long", 3)
+        page.click("#stop")
+        result["stop_message"] = wait_text(page, "action", "Resume", timeout=30_000)
+        result["stopped_status"] = wait_text(page, "status", "long · Stopped", timeout=120_000)
+        expect(page.locator("#resume")).to_be_visible(timeout=30_000)
+        page.click("#resume")
+        result["resume_message"] = wait_text(page, "action", "Resumed run long", timeout=60_000)
+        result["resumed_status"] = wait_text(page, "status", "long · Finished", timeout=TRAIN_TIMEOUT_MS)
+        log(f"resumed: {result['resumed_status']!r}")
+
+        # -- a run the system kills (SIGKILL, as the out-of-memory killer does) -----------------------------------
+        fill(page, "placeholder", "<my-oom>")
+        fill(page, "steps", 100_000)
+        fill(page, "run-name", "oom")
+        page.click("#start")
+        wait_text(page, "action", "oom", timeout=120_000)
+        wait_step_above(page, "oom", 0)
+        info = json.loads((runs / "oom" / "webui" / "run.json").read_text())
+        os.kill(trainer_pid(info["pid"]), signal.SIGKILL)
+        result["killed_status"] = wait_text(page, "status", "the system stopped training", timeout=60_000)
+        expect(page.locator("#log-tail")).to_be_visible(timeout=30_000)
+        result["log_tail"] = page.locator("#log-tail textarea").first.input_value()
+        screenshot(page, out, "killed")
+
+        # -- the Chinese page: labels, choices, columns, messages --------------------------------------------------
+        choose(page, "language", "中文")
+        tabs = page.locator(", ".join(f"#tab-{t}-button" for t in ("train", "compare", "generate", "export")))
+        expect(tabs).to_have_text(["训练", "比较", "生成", "导出"], timeout=30_000)
+        page.wait_for_timeout(2000)
+        for elem in ("steps", "lr"):
+            fill(page, elem, "")
+        page.click("#start")
+        wait_text(page, "action", "错误", timeout=30_000)
+        texts = {}
+        for tab in ("train", "compare", "generate", "export"):
+            page.click(f"#tab-{tab}-button")
+            page.wait_for_timeout(1500)
+            texts[tab] = page.locator(".gradio-container").first.evaluate(ZH_TEXTS)
+        result["zh_texts"] = texts
+        page.click("#tab-train-button")
+        screenshot(page, out, "train-zh-first-use")
+        browser.close()
+
+
+# The page's own words in the current tab: labels, infos, choices, buttons, table headers, status and messages
+# (not the user's own values, nor the trainer's log, nor the trainer's own answer under the placeholder, which is
+# English: only the page's own messages come from the label table).
+ZH_TEXTS = """root => {
+  const seen = [];
+  const visible = e => e.offsetParent !== null;
+  for (const e of root.querySelectorAll('[data-testid=block-info], [data-testid=block-label], .info, label, '
+      + 'button, th, #status, #memory, #action, #upload-message, .tab-container button')) {
+    if (visible(e) && !e.closest('#log-tail') && !e.closest('#run') && e.innerText.trim())
+      seen.push(e.innerText.trim());
+  }
+  return seen;
+}"""
 
 
 def drive(args, server: PageProcess, out: Path, images: list[str], result: dict) -> None:
@@ -170,6 +341,7 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
         browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         page = context.new_page()
+        record_console(page, result)
         page.goto(server.url)
         expect(page.locator("#start")).to_be_visible(timeout=60_000)
 
@@ -300,6 +472,8 @@ def main() -> int:
     parser.add_argument("--images", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--model", default="models/tiny-sd", help="--model for the page ('' for none)")
+    parser.add_argument("--scenario", choices=("session", "first-use"), default="session")
     args = parser.parse_args()
     result = run(args)
     (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))

@@ -73,6 +73,10 @@ def warn_if_exposed(host: str) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if not (REPO / "requirements-webui.txt").is_file():  # e.g. `pip install .` without the checkout
+        print("webui.py: error: the web page runs from a checkout of ppti (git clone, then `pip install -e .` or "
+              "requirements.txt): it runs the checkout's tools and builds .venv-webui there", file=sys.stderr)
+        return 2
     if not venv.in_venv():
         python = venv.ensure(REPO / "requirements-webui.txt")
         if args.setup_only:
@@ -97,7 +101,10 @@ def main(argv=None) -> int:
     print(f"ppti web page: http://{args.host}:{args.port}  (workspace {workspace.root})", flush=True)
     try:
         build(page, args.language).queue(default_concurrency_limit=4).launch(
-            server_name=args.host, server_port=args.port, max_file_size="20mb", show_error=False, quiet=True,
+            server_name=args.host, server_port=args.port,
+            # (above the page's own 20 MiB per image, which refuses an oversize file one by one and keeps the rest;
+            # at Gradio's limit the browser drops the whole upload)
+            max_file_size="100mb", show_error=False, quiet=True,
             footer_links=[], mcp_server=False, ssr_mode=False, enable_monitoring=False, css=CSS,
             allowed_paths=[str(workspace.runs)],  # grids, generated images and exports (not models or uploads)
             app_kwargs=security.app_kwargs(security.served_names(args.host, args.allow_host), args.login),
