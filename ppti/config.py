@@ -56,6 +56,14 @@ class TrainConfig:
         None, "Path to pretrained model or model identifier from local models.", required=True
     )
     tokenizer_name: Optional[str] = _f(None, "Pretrained tokenizer name or path if not the same as model_name.")
+    model_cache_dir: Optional[str] = _f(
+        None, "Where a diffusers folder or single .safetensors/.ckpt model is converted once and reused (default: "
+        "~/.cache/ppti/models).",
+    )
+    use_ema: bool = _f(False, "Train on the EMA copy of the UNet a single-file checkpoint holds (default: non-EMA).")
+    prediction_type: Optional[Literal["epsilon", "v_prediction"]] = _f(
+        None, "Prediction type of a single-file model (default: from its architecture; SD-2.x files v_prediction).",
+    )
     language: Literal["auto", "en", "zh", "zh_en"] = _f(
         "auto",
         "Prompt-template language. auto: from the model's tokenizer/text encoder (CLIP -> en, BERT -> zh, "
@@ -579,14 +587,11 @@ def check_paths(config: TrainConfig) -> list[str]:
         out.append(f"--train_data_dir {data}: no such directory")
     elif not data.is_dir():
         out.append(f"--train_data_dir {data}: not a directory")
-    model = Path(config.pretrained_model_name_or_path)
-    if model.exists() and not (model / "model_index.json").is_file():
-        out.append(
-            f"--pretrained_model_name_or_path {model}: no model_index.json; point it at a Stable Diffusion folder "
-            "saved by ppdiffusers/diffusers save_pretrained (with unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
-        )
-    elif not model.exists() and not _looks_like_hub_id(str(model)):
-        out.append(f"--pretrained_model_name_or_path {model}: no such directory")
+    from .model_source import path_problem  # (a folder, a single .safetensors/.ckpt file or a hub id)
+
+    model_problem = path_problem(config.pretrained_model_name_or_path)
+    if model_problem:
+        out.append(model_problem)
     out_dir = Path(config.output_dir)
     probe = out_dir
     while not probe.exists() and probe != probe.parent:

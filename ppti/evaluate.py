@@ -185,6 +185,7 @@ class Session:
 
 def open_session(settings: Settings, out_dir: Path) -> Session:
     from .distributed import DistContext
+    from .model_source import resolve_for_config
     from .models import load_components
     from .train import setup
 
@@ -195,7 +196,8 @@ def open_session(settings: Settings, out_dir: Path) -> Session:
     custom_prompts = read_prompts_file(settings.prompts_file) if settings.prompts_file else None
     clip = ClipScorer(settings.clip_model or DEFAULT_CLIP.get(config.language, DEFAULT_CLIP["en"]))
 
-    components = load_components(config.pretrained_model_name_or_path, config.tokenizer_name)  # the one load
+    source = resolve_for_config(config)  # a diffusers folder / single file: the trainer's cached conversion
+    components = load_components(source.folder, source.tokenizer_name)  # the one load
     if components.is_sdxl != sdxl:  # an SDXL run has two row sets per step (learned_embeds[_2]), others one
         raise EvaluationError(
             f"{second_encoder_path(files[0].path)}: no such file, but --model {settings.model} is SDXL (two text "

@@ -176,10 +176,12 @@ def render_sweep(pipeline, settings: RenderSettings, steps: Sequence[tuple[int, 
 def load_pipeline(model: str, dtype: str = "float32"):
     """The model's pipeline, every weight verified (ModelError names the problem), with the UNet and VAE in
     `dtype` and the text encoder in float32 -- the precisions the trainer's validation renders with."""
+    from .model_source import resolve_model
     from .models import load_components
     from .precision import cast_for_rendering
 
-    pipeline = load_components(model).pipeline
+    source = resolve_model(model)  # a diffusers folder / single file: converted once (the trainer's conversion)
+    pipeline = load_components(source.folder, source.tokenizer_name).pipeline
     cast_for_rendering(pipeline, dtype)
     return pipeline
 

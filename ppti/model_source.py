@@ -684,7 +684,7 @@ def _tokenizer_folders(name: str, sdxl: bool) -> list[Path]:
     return [root, root] if sdxl else [root]
 
 
-def _hub_tokenizer(name: str, subfolder: Optional[str], dst: Path, flag_hint: str) -> None:
+def _hub_tokenizer(name: str, subfolder: Optional[str], dst: Path, flag_hint: str, source: Path) -> None:
     """Fetch a tokenizer by hub id through ppdiffusers (may download); offline, one line naming the flag."""
     try:
         from ppdiffusers.transformers import CLIPTokenizer
@@ -692,12 +692,12 @@ def _hub_tokenizer(name: str, subfolder: Optional[str], dst: Path, flag_hint: st
         kwargs = {"subfolder": subfolder} if subfolder else {}
         CLIPTokenizer.from_pretrained(name, **kwargs).save_pretrained(str(dst))
     except Exception as exc:  # noqa: BLE001 - offline, a missing id, a hub error: all the same advice
-        raise ModelError(f"the single file holds no tokenizer and {name} could not be fetched "
+        raise ModelError(f"{source}: a single file holds no tokenizer and {name} could not be fetched "
                          f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); {flag_hint}"
                          ) from None
 
 
-def install_tokenizers(out: Path, arch: str, tokenizer_name: Optional[str]) -> str:
+def install_tokenizers(out: Path, arch: str, tokenizer_name: Optional[str], source: Path) -> str:
     """tokenizer/ (and tokenizer_2/ for SDXL) of a converted single file; returns where they came from."""
     sdxl = arch == "sdxl"
     hint = ("give --tokenizer_name with a local CLIP tokenizer folder (vocab.json + merges.txt) or a model folder "
@@ -710,11 +710,11 @@ def install_tokenizers(out: Path, arch: str, tokenizer_name: Optional[str]) -> s
         return f"--tokenizer_name {tokenizer_name}"
     name, subfolder = (tokenizer_name, None) if tokenizer_name else DEFAULT_TOKENIZERS[arch]
     staged = out / ".tokenizer-download"
-    _hub_tokenizer(name, subfolder, staged, hint)
+    _hub_tokenizer(name, subfolder, staged, hint, source)
     copy_tokenizer(staged, out / "tokenizer", pad_token="!" if arch == "sd2" else None)
     if sdxl:
         second = out / ".tokenizer-download-2"
-        _hub_tokenizer(name, "tokenizer_2" if not tokenizer_name else None, second, hint)
+        _hub_tokenizer(name, "tokenizer_2" if not tokenizer_name else None, second, hint, source)
         copy_tokenizer(second, out / "tokenizer_2")
         shutil.rmtree(second)
     shutil.rmtree(staged)
@@ -760,7 +760,7 @@ def convert_single_file(weights: WeightFile, info: SingleFileInfo, out: Path, us
         write_component(out, "text_encoder_2", te2, t2_config, text=True)
     (out / "scheduler").mkdir()
     _write_json(out / "scheduler" / "scheduler_config.json", scheduler)
-    tokenizer = install_tokenizers(out, arch, tokenizer_name)
+    tokenizer = install_tokenizers(out, arch, tokenizer_name, weights.path)
     _write_json(out / "model_index.json", _model_index(arch == "sdxl", scheduler["_class_name"]))
     return {"ema": ema_used, "tokenizer": tokenizer}
 
@@ -957,7 +957,7 @@ def path_problem(path: str) -> Optional[str]:
         return None
     if looks_like_hub_id(path):
         return None
-    return f"{flag}: no such file or directory"
+    return f"{flag}: no such directory or file"
 
 
 def resolve_model(path: str, tokenizer_name: Optional[str] = None, cache_dir: Optional[str] = None,
@@ -984,8 +984,15 @@ def resolve_model(path: str, tokenizer_name: Optional[str] = None, cache_dir: Op
     weights = open_weights(model)
     try:
         info = classify(weights, prediction_type)
-        key = _key("single", file_fingerprint(model), use_ema and info.has_ema, info.prediction_type,
-                   _tokenizer_identity(tokenizer_name))
+        fingerprint = file_fingerprint(model)
+        source_key = _key("single", fingerprint, use_ema and info.has_ema, info.prediction_type)
+        latest = cache / "by-source" / source_key  # the entry converted last for this file, any tokenizer
+        key = _key(source_key, _tokenizer_identity(tokenizer_name))
+        if tokenizer_name is None and latest.is_file():
+            # tools/generate.py, the web page: no --tokenizer_name, reuse the conversion the trainer made
+            previous = latest.read_text(encoding="utf-8").strip()
+            if (cache / previous / "ppti-conversion.json").is_file():
+                key = previous
 
         def convert(out: Path) -> dict:
             facts = convert_single_file(weights, info, out, use_ema, tokenizer_name)
@@ -993,6 +1000,10 @@ def resolve_model(path: str, tokenizer_name: Optional[str] = None, cache_dir: Op
                     "prediction_why": info.prediction_why, "has_ema": info.has_ema, "dtype": info.dtype}
 
         entry, facts, reused = _cached_entry(cache, key, str(model.resolve()), convert)
+        if not reused:
+            from .atomic import atomic_write_text
+
+            atomic_write_text(latest, key + "\n")
     finally:
         weights.close()
     if use_ema and not info.has_ema:
@@ -1031,7 +1042,7 @@ def converted_folder(out: Path, path: str, tokenizer_name: Optional[str], use_em
     model = Path(path).expanduser()
     problem = path_problem(path)
     if problem or not model.exists():
-        raise ModelError(problem or f"{path}: no such file or directory")
+        raise ModelError(problem or f"{path}: no such directory or file")
     with atomic_dir(out) as tmp:
         if model.is_dir():
             if folder_kind(model) == "ppdiffusers":

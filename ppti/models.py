@@ -48,6 +48,7 @@ class Components:
     family: str  # clip | bert | xlmr
     architecture: str
     use_attention_mask: bool
+    source: str = ""  # what --pretrained_model_name_or_path was (model_source.ModelSource.summary), for the summary
 
     @property
     def tokenizer(self):

@@ -55,6 +55,13 @@ def check_placeholder(model: str, placeholder_token: str, initializer_token: str
     if problems:
         raise CheckFailed("; ".join(problems))
     folder = Path(model)
+    if folder.is_file() or (folder / "model_index.json").is_file():  # a single file / diffusers folder: converted
+        from .model_source import resolve_model
+
+        try:
+            folder = Path(resolve_model(model).folder)  # (once; the trainer reuses the conversion)
+        except ModelError as exc:
+            raise CheckFailed(str(exc)) from None
     if not folder.is_dir():
         if _looks_like_hub_id(model):
             return f"{model} is a Hub id: the tokens are checked when training starts"

@@ -6,6 +6,7 @@ them: latents + noise -> UNet loss -> backward into the placeholder rows -> opti
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -30,6 +31,7 @@ from .distributed import (
 )
 from .evaluation import TrainingEvaluation
 from .latents import latent_shape, latent_source, release_vae, vae_needed_after_setup
+from .model_source import resolve_for_config
 from .models import Components, load_components
 from .precision import Precision, cast_vae_for_decoding, prepare_frozen_models, resolve_precision
 from .prompts import build_prompts, check_prompt_room, ids_per_encoder
@@ -156,12 +158,18 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     precision = resolve_precision(config.mixed_precision)  # refuses a dtype this device cannot compute in
     if config.deterministic:
         make_deterministic()  # (before the models load: ppdiffusers reads its environment variable)
-    check_prompt_room(config)  # --num_vectors against the prompt length, from the tokenizer alone
+    # A diffusers folder or a single .safetensors/.ckpt file is converted once into the cache (reused after);
+    # everything below loads the ppdiffusers folder it names.
+    source = resolve_for_config(config)
+    loading = dataclasses.replace(config, pretrained_model_name_or_path=source.folder,
+                                  tokenizer_name=source.tokenizer_name)
+    check_prompt_room(loading)  # --num_vectors against the prompt length, from the tokenizer alone
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     paddle.seed(seed + ctx.rank)
 
     # 2. models, then the placeholder tokens (they change the tokenizer and the text encoder's embedding)
-    components = components or load_components(config.pretrained_model_name_or_path, config.tokenizer_name)
+    components = components or load_components(loading.pretrained_model_name_or_path, loading.tokenizer_name)
+    components.source = source.summary
     prepare_frozen_models(components, precision)  # no weight gradients; compute dtype (before the fp32 rows exist)
     if config.deterministic:
         deterministic_upsampling(components.unet)  # this UNet's nearest upsampling, without atomic adds
@@ -256,6 +264,7 @@ def summary(run: Run, num_images: int, num_skipped: int) -> str:
         ("latents", "cached (each image variant VAE-encoded once)" if c.cache_latents else "VAE-encoded every step"),
         ("mixed precision", c.mixed_precision),
         ("placeholder tokens", f"{' '.join(c.placeholder_tokens())} -> ids {run.placeholder_ids}"),
+        ("model", run.components.source or c.pretrained_model_name_or_path),
         ("text encoder", f"{text_encoders(run.conditioning)} ({run.language} templates)"),
         ("seed", run.seed),
         ("device", paddle.device.get_device()),

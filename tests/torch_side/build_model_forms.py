@@ -6,7 +6,8 @@ it in every form users hold, for tests/test_model_source.py:
     OUT/diffusers-t5/         pipeline.save_pretrained (transformers 5: CLIPTextModel without `text_model.`,
                               tokenizer.json only)
     OUT/diffusers-t4/         the transformers-4 layout: `text_model.`-prefixed text-encoder keys, vocab.json +
-                              merges.txt, weights as .bin pickles (torch.save)
+                              merges.txt
+    OUT/diffusers-bin/        save_pretrained(safe_serialization=False): every weight a .bin pickle (torch.save)
     OUT/single.safetensors    the original LDM layout (fp32), with the DDPM buffers, position_ids, logit_scale
     OUT/single.ckpt           the same as a torch.save'd {"state_dict", "global_step"}, plus an EMA copy of the UNet
                               (model_ema.*, every value x 0.5); SD-1.x: text encoder without the `text_model.` level
@@ -29,6 +30,8 @@ import torch
 from safetensors.torch import save_file
 
 ARCH = sys.argv[2] if len(sys.argv) > 2 else "sd1"
+FULL_SIZE = ARCH == "sd15"  # benchmarks/bench_models.py's sd15 size: only OUT/single.safetensors, for timing/RSS
+ARCH = "sd1" if FULL_SIZE else ARCH
 
 
 def randomise(model, seed):
@@ -254,13 +257,12 @@ def ldm_state(parts, old_clip_layout=False):
 
 
 def save_t4(pipe, parts, folder):
-    """The transformers-4 layout: `text_model.` keys, vocab.json/merges.txt, .bin weights."""
-    pipe.save_pretrained(str(folder), safe_serialization=False)
+    """The transformers-4 layout: `text_model.` keys, vocab.json/merges.txt (what ppdiffusers' from_diffusers
+    reads correctly: the reference ppdiffusers folder is made from it)."""
+    pipe.save_pretrained(str(folder))
     for name, model in parts.items():
         if name.startswith("text_encoder"):
-            for f in (folder / name).glob("*.safetensors"):
-                f.unlink()
-            torch.save(clip_state(model), folder / name / "pytorch_model.bin")
+            save_file(clip_state(model), str(folder / name / "model.safetensors"), metadata={"format": "pt"})
     for name in ("tokenizer", "tokenizer_2"):
         if (folder / name).is_dir():
             for f in ("vocab.json", "merges.txt"):
@@ -292,12 +294,30 @@ def check_from_single_file(out, parts, files):
         print(f"from_single_file {file.name}: every tensor equal (atol {atol})")
 
 
+def write_full_size(out):
+    """SD-1.5's UNet, VAE and CLIP-L text encoder (random weights) as one fp32 LDM single file."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from benchmarks.bench_models import SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
+
+    drop = lambda c: {k: v for k, v in c.items() if not k.startswith("_") and k != "architectures"}  # noqa: E731
+    parts = dict(unet=UNet2DConditionModel(**drop(SD15_UNET)), vae=AutoencoderKL(**drop(SD15_VAE)),
+                 text_encoder=CLIPTextModel(CLIPTextConfig(**drop(SD15_TEXT_ENCODER))))
+    save_file(ldm_state(parts), str(out / "single.safetensors"))
+    print(f"wrote {out / 'single.safetensors'}: {(out / 'single.safetensors').stat().st_size} bytes")
+
+
 def main():
     out, tokenizer_dir = Path(sys.argv[1]), Path(sys.argv[3])
     out.mkdir(parents=True, exist_ok=True)
+    if FULL_SIZE:
+        return write_full_size(out)
     pipe, parts = build(tokenizer_dir)
     pipe.save_pretrained(str(out / "diffusers-t5"))
     save_t4(pipe, parts, out / "diffusers-t4")
+    pipe.save_pretrained(str(out / "diffusers-bin"), safe_serialization=False)
     expected(parts, out / "expected")
     state = ldm_state(parts)
     save_file(state, str(out / "single.safetensors"), metadata={"format": "pt"})
