@@ -48,28 +48,57 @@ def one_error(err: str) -> str:
     return errors[0]
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Loading a model (even its tokenizer) fails the test: the refusal must come before."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was refused")
+class ModelLoaded(BaseException):
+    """What the no-model guards raise: a BaseException, so no `except Exception` in the library (the loaders turn
+    every loader failure into a ModelError refusal) can mistake it for an ordinary refusal. The guards also record
+    every call and fail the test afterwards, whatever happened to the exception."""
+
+
+def _forbid_loading(monkeypatch, what: str, tokenizers: bool) -> list:
+    """Every way a model loads (ppti's loaders and the from_pretrained of ppdiffusers' pipelines and models and of
+    the text encoders' classes; with `tokenizers` also the tokenizers') raises ModelLoaded and is recorded."""
+    from paddlenlp.transformers.model_utils import PretrainedModel
+    from paddlenlp.transformers.tokenizer_utils import ChatTemplateMixin
+    from paddlenlp.transformers.tokenizer_utils_base import PretrainedTokenizerBase
+    from ppdiffusers import DiffusionPipeline
+    from ppdiffusers.models.modeling_utils import ModelMixin
+    from ppdiffusers.transformers.model_utils import PretrainedModel as PpdiffusersPretrainedModel
 
     import ppti.models
     import ppti.train
 
+    calls = []
+
+    def forbidden(*args, **kwargs):
+        calls.append(args[1] if len(args) > 1 else args[0] if args else kwargs)
+        raise ModelLoaded(f"{what} loaded before the input was refused")
+
     monkeypatch.setattr(ppti.train, "load_components", forbidden)
-    monkeypatch.setattr(ppti.models, "load_tokenizer", forbidden)
+    monkeypatch.setattr(ppti.models, "load_components", forbidden)
+    classes = [DiffusionPipeline, ModelMixin, PretrainedModel, PpdiffusersPretrainedModel]
+    if tokenizers:
+        monkeypatch.setattr(ppti.models, "load_tokenizer", forbidden)
+        monkeypatch.setattr(ppti.models, "load_text_side", forbidden)
+        classes += [ChatTemplateMixin, PretrainedTokenizerBase]
+    for cls in classes:
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(forbidden))
+    return calls
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model (even its tokenizer) fails the test: the refusal must come before."""
+    calls = _forbid_loading(monkeypatch, "a model (or its tokenizer) was", tokenizers=True)
+    yield calls
+    assert not calls, f"a model was loaded before the input was refused: {calls}"
 
 
 @pytest.fixture
 def no_weights(monkeypatch):
     """Loading the model's weights fails the test (its tokenizer alone may load)."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the model's weights were loaded before the input was refused")
-
-    import ppti.train
-
-    monkeypatch.setattr(ppti.train, "load_components", forbidden)
+    calls = _forbid_loading(monkeypatch, "the model's weights were", tokenizers=False)
+    yield calls
+    assert not calls, f"the model's weights were loaded before the input was refused: {calls}"
 
 
 def load_tool(name: str):
@@ -117,14 +146,14 @@ def test_row_resolution_100000_is_refused_before_anything_loads(tiny_model_en, d
     assert not (tmp_path / "o").exists()
 
 
-def test_row_num_vectors_100000_is_refused_at_once_not_a_hang(tiny_model_en, demo_images, tmp_path):
+def test_row_num_vectors_100000_is_refused_at_once_not_a_hang(tiny_model_en, demo_images, tmp_path, capsys,
+                                                              no_weights):
     started = time.monotonic()
-    done = subprocess.run([sys.executable, str(ENTRY), *train_args(tiny_model_en, demo_images, tmp_path / "o",
-                                                                   num_vectors=100000)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and time.monotonic() - started < 60
-    line = one_error(done.stderr)
+    rc, err = cli(train_args(tiny_model_en, demo_images, tmp_path / "o", num_vectors=100000), capsys)
+    assert rc == 2 and time.monotonic() - started < 60
+    line = one_error(err)
     assert "--num_vectors 100000" in line and "at most" in line and "prompt length" in line
+    assert not (tmp_path / "o").exists()
 
 
 def test_row_num_vectors_80_is_refused_before_the_weights_load_saying_the_maximum(tiny_model_en, demo_images,
@@ -136,35 +165,34 @@ def test_row_num_vectors_80_is_refused_before_the_weights_load_saying_the_maximu
     assert 60 < maximum < 77  # a 77-token CLIP prompt less the template's words
 
 
-def test_row_num_vectors_at_the_maximum_trains_every_vector(tiny_model_en, demo_images, tmp_path, capsys,
-                                                            no_weights):
-    """The maximum the refusal names is right: one vector more is refused, that many pass the prompt checks."""
+def test_row_num_vectors_at_the_maximum_trains_every_vector(tiny_model_en, demo_images, tmp_path, capsys):
+    """The maximum the refusal names is the real one: with that many vectors every training prompt holds every
+    vector once, in order, and the longest prompt ends exactly at the prompt length (no room for one more, which is
+    refused); one optimizer step then moves every row."""
     from ppti.config import parse_config
+    from ppti.distributed import DistContext
     from ppti.prompts import check_prompt_room
+    from ppti.train import batches, optimizer_step, setup
 
     _, err = cli(train_args(tiny_model_en, demo_images, tmp_path / "o", num_vectors=80), capsys)
     maximum = int(one_error(err).split("at most ")[1].split()[0])
-    check_prompt_room(parse_config(train_args(tiny_model_en, demo_images, tmp_path / "o", num_vectors=maximum)))
-    with pytest.raises(Exception, match="at most"):
+    with pytest.raises(Exception, match=f"--num_vectors {maximum + 1}: .*at most {maximum}"):
         check_prompt_room(parse_config(train_args(tiny_model_en, demo_images, tmp_path / "o",
                                                   num_vectors=maximum + 1)))
-
-
-def test_num_vectors_maximum_is_exact_after_the_tokens_are_added(tiny_model_en, demo_images, tmp_path):
-    """With the maximum, every tokenized training prompt still holds every vector (build_prompts' own check)."""
-    from ppti.config import parse_config
-    from ppti.models import load_components
-    from ppti.prompts import build_prompts, check_prompt_room
-    from ppti.tokens import add_placeholder_tokens
-
-    config = parse_config(train_args(tiny_model_en, demo_images, tmp_path / "o", num_vectors=200))
-    with pytest.raises(Exception) as caught:
-        check_prompt_room(config)
-    maximum = int(str(caught.value).split("at most ")[1].split()[0])
-    config = parse_config(train_args(tiny_model_en, demo_images, tmp_path / "o", num_vectors=maximum))
-    components = load_components(str(tiny_model_en))
-    ids = add_placeholder_tokens(components.tokenizer, config.placeholder_tokens())
-    build_prompts(config, components, ids)  # raises TokenError if a prompt lost a vector
+    run = setup(parse_config(train_args(tiny_model_en, demo_images, tmp_path / "o", num_vectors=maximum)),
+                DistContext())
+    ids, eos = run.placeholder_ids, run.components.tokenizer.eos_token_id
+    assert len(ids) == maximum
+    prompts = run.stream.prompt_ids  # (templates, prompt length)
+    for prompt in prompts.tolist():
+        start = prompt.index(ids[0])
+        assert prompt[start:start + maximum] == ids and all(prompt.count(i) == 1 for i in ids), prompt
+    ends = [prompt.index(eos) for prompt in prompts.tolist()]  # the position of each prompt's end token
+    assert max(ends) == prompts.shape[1] - 1, ends  # the longest prompt fills the length exactly
+    before = run.rows.rows.numpy().copy()
+    optimizer_step(run, iter(batches(run, 0)))
+    moved = np.abs(run.rows.rows.numpy() - before).max(axis=1)
+    assert (moved > 0).all(), f"rows {np.flatnonzero(moved == 0).tolist()} of {maximum} did not train"
 
 
 def test_row_yaml_that_is_not_utf8(tmp_path, capsys, no_model):
@@ -208,6 +236,15 @@ def test_row_placeholder_with_invalid_utf8_bytes_from_the_shell(tiny_model_en, d
     line = one_error(err)
     assert done.returncode == 2 and "--placeholder_token" in line and "not valid UTF-8" in line
     assert "Loading" not in err  # refused in the input checks, before the model
+
+
+def test_row_placeholder_with_invalid_utf8_is_refused_before_any_model(tiny_model_en, demo_images, tmp_path,
+                                                                      capsys, no_model):
+    """The same bytes as Python hands them to main() (surrogate-escaped, as sys.argv holds them)."""
+    args = train_args(tiny_model_en, demo_images, tmp_path / "o", placeholder_token=os.fsdecode(b"<caf\xe9>"))
+    rc, err = cli(args, capsys)
+    line = one_error(err)
+    assert rc == 2 and "--placeholder_token" in line and "not valid UTF-8" in line
 
 
 @pytest.mark.parametrize("which", ["latest", "explicit"])
@@ -361,7 +398,8 @@ def test_row_abbreviated_flags_are_refused(tiny_model_en, demo_images, tmp_path,
     assert rc == 2 and "--max_train" in line and "did you mean --max_train_steps" in line
 
 
-def test_row_generate_output_that_is_a_directory_is_refused_before_rendering(tiny_model_en, tmp_path, capsys):
+def test_row_generate_output_that_is_a_directory_is_refused_before_rendering(tiny_model_en, tmp_path, capsys,
+                                                                            no_model):
     rc, err = run_tool("generate", ["--model", tiny_model_en, "--embeddings", tmp_path, "--prompt", "a <t>",
                                     "-o", tmp_path], capsys)
     line = one_error(err)
@@ -531,19 +569,45 @@ def test_trainer_refuses_before_any_model_loads(case, tiny_model_en, demo_images
     assert not [p for p in tmp_path.rglob(f"*{TMP_MARK}*")]
 
 
-def test_trainer_on_a_read_only_output_folder(tiny_model_en, demo_images, tmp_path, capsys, no_model):
-    """Root ignores permission bits, so a read-only tmpfs stands for a read-only share."""
+@pytest.mark.parametrize("mount", ["tmpfs", "simulated"])
+def test_trainer_on_a_read_only_output_folder(tiny_model_en, demo_images, tmp_path, capsys, no_model, monkeypatch,
+                                              mount):
+    """Root ignores permission bits, so a read-only tmpfs stands for a read-only share. Where mounting is not
+    allowed, the simulated variant answers access(2) as a read-only mount does (no write access under the folder),
+    and any directory made under it fails with EROFS."""
     folder = tmp_path / "ro"
     folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)], capture_output=True)
-    if done.returncode:
-        pytest.skip("cannot mount a read-only tmpfs here (not root)")
+    if mount == "tmpfs":
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)],
+                              capture_output=True)
+        if done.returncode:
+            pytest.skip("cannot mount a read-only tmpfs here (not root); the simulated variant runs instead")
+    else:
+        import errno
+
+        real_access, real_mkdir = os.access, os.mkdir
+
+        def under(path) -> bool:
+            return os.path.abspath(os.fsdecode(path)).startswith(str(folder))
+
+        def access(path, mode, *args, **kwargs):
+            return False if under(path) and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
+        def mkdir(path, *args, **kwargs):
+            if under(path):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+        monkeypatch.setattr(os, "mkdir", mkdir)
     try:
         rc, err = cli(train_args(tiny_model_en, demo_images, folder / "run"), capsys)
     finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+        if mount == "tmpfs":
+            subprocess.run(["umount", "-l", str(folder)], check=False)
     line = one_error(err)
     assert rc == 2 and f"--output_dir {folder / 'run'}: cannot write there" in line
+    assert list(folder.iterdir()) == []
 
 
 def test_damaged_checkpoint_file_is_refused_before_any_model(finished_run, tmp_path, capsys, no_model):
