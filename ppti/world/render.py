@@ -164,7 +164,7 @@ def caption(attrs: Attributes, rng: random.Random, keep: float = CAPTION_KEEP, r
     colour, texture and background is named with probability `keep`. With probability `repeat` the shape word and
     the style word each fill a span of 2-3 tokens ("a photo of a star star"), as a placeholder of `--num_vectors`
     2 or 3 does (tried at 0.1 and 0.2, not shipped: the shipped world took "object object object" for a star in 0.79
-    of the samples, these worlds in 0.50 and 0.58; README, "What was tried").
+    of the samples, these worlds in 0.50 and 0.58; docs/toy-world.md, "Known limits").
     """
     form = rng.random()
     if form < 0.2:
