@@ -144,9 +144,14 @@ class TrainConfig:
         "state stay float32. Needs a device whose Paddle build has half-precision kernels (a GPU; bf16: Ampere+).",
     )
     deterministic: bool = _f(
-        False, "Set the Paddle flags that make GPU kernels deterministic (FLAGS_cudnn_deterministic, "
-        "FLAGS_embedding_deterministic), so a GPU run and its resumed continuation repeat bit for bit; slower. CPU "
-        "runs are deterministic without it.",
+        False, "GPU: a run and its resumed continuation repeat bit for bit (same GPU model, driver and Paddle "
+        "build). Sets FLAGS_cudnn_deterministic and FLAGS_embedding_deterministic, sets the FLAGS_cudnn_deterministic "
+        "environment variable so ppdiffusers uses plain math attention instead of memory-efficient attention (fp32, "
+        "and half precision where flash attention does not run), and gives the UNet a nearest upsampling without "
+        "atomic adds. Costs time and memory: math attention keeps batch x heads x tokens^2 fp32 values per "
+        "attention layer, for SD-1.5 about 2.7 GiB more per image at 512 px, 13.5 GiB at 768 px, 43 GiB at 1024 px "
+        "(SDXL at 1024 px: 11 GiB; --gradient_checkpointing keeps a few layers' worth). CPU runs repeat without it. "
+        "Check it on your GPU: python tools/selfcheck.py.",
     )
     # --- outputs ---------------------------------------------------------------------------------------
     output_dir: str = _f("text-inversion-model", "Where embeddings, logs and the pipeline are written.")

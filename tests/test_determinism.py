@@ -207,6 +207,51 @@ def test_selfcheck_repeatability_is_bit_identical_on_this_cpu_and_reports_the_la
 
 
 # ------------------------------------------------------------------------------------------------------------
+# what --help and the docs promise and what they say it costs
+# ------------------------------------------------------------------------------------------------------------
+def sd15_math_attention_gib(pixels: int) -> float:
+    """GiB that fp32 math attention keeps for the backward per image in SD-1.5: 8 heads; 5 self-attention layers
+    (2 down, 3 up) at each of the three attention levels (tokens (pixels/8/2^level)^2), 1 in the middle block."""
+    total = 0
+    for level, layers in ((0, 5), (1, 5), (2, 5), (3, 1)):
+        tokens = (pixels // 8 >> level) ** 2
+        total += layers * 8 * tokens**2 * 4
+    return total / 2**30
+
+
+def test_help_and_docs_state_the_guarantee_and_the_memory_cost():
+    from conftest import REPO
+    from ppti.config import build_parser
+
+    estimates = {px: sd15_math_attention_gib(px) for px in (512, 768, 1024)}
+    assert [round(v, 1) for v in estimates.values()] == [2.7, 13.5, 42.7]
+    help_text = " ".join(build_parser().format_help().split())
+    assert "repeat bit for bit (same GPU model, driver and Paddle build)" in help_text
+    assert "about 2.7 GiB more per image at 512 px, 13.5 GiB at 768 px, 43 GiB at 1024 px" in help_text
+    assert "CPU runs repeat without it" in help_text and "python tools/selfcheck.py" in help_text
+    for doc, words in (("docs/gpu.md", ("about 2.7 GiB", "about 13.5 GiB", "about 43 GiB", "**Guarantee (GPU).**")),
+                       ("docs/zh/gpu.md", ("约 2.7 GiB", "约 13.5 GiB", "约 43 GiB", "**保证（GPU）。**"))):
+        text = (REPO / doc).read_text(encoding="utf-8")
+        for word in words + ("FLAGS_cudnn_deterministic=True", "tools/gpu_check.sh", "512 MiB", "8 GiB"):
+            assert word in text, (doc, word)
+
+
+def test_the_gpu_check_script_runs_its_checks_on_the_cpu_in_a_dry_run():
+    import subprocess
+
+    from conftest import REPO
+
+    done = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), "--cpu-dry-run"], capture_output=True,
+                          text=True, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    assert sum(line.startswith("[ ok ] nearest upsampling (") for line in lines) == 2, done.stdout + done.stderr
+    assert any(line.startswith("[ ok ] GPU generator state: this build gives 4 values") for line in lines)
+    # the CPU build has no deterministic flags: on a GPU that line must pass, here it must fail
+    assert any(line.startswith("[FAIL] --deterministic flags set: none; MISSING") for line in lines)
+    assert done.returncode == 1 and done.stdout.strip().endswith("some GPU checks FAILED")
+
+
+# ------------------------------------------------------------------------------------------------------------
 # generator states of three or four values
 # ------------------------------------------------------------------------------------------------------------
 class ThreeValueState:
