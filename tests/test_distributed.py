@@ -132,17 +132,28 @@ def test_a_failing_rank_ends_the_run_with_its_error_on_the_console(tiny_model_en
 
 def test_a_nan_loss_on_one_rank_stops_every_rank_after_the_same_step(tiny_model_en, demo_images, tmp_path):
     """The loss is averaged over the ranks before it is checked, so every rank sees the NaN of one and stops
-    before updating; rank 0 keeps the embedding of the last good step."""
+    before updating; rank 0 keeps the embedding of the last good step: step 2, the rows one process with the same
+    global batch reaches after 2 steps (not the initial rows, not step 1's, not NaN)."""
     out, logs = tmp_path / "out", tmp_path / "launch-log"
+    flags = dict(max_train_steps=6, **SCALE_SENSITIVE_ADAM)  # updates proportional to the gradient
     code, console, seconds = launch(
         SCRIPTS / "fail_on_rank.py",
-        [1, "nan", *train_args(tiny_model_en, demo_images, out, train_batch_size=1, max_train_steps=6)], logs,
+        [1, "nan", *train_args(tiny_model_en, demo_images, out, train_batch_size=1, **flags)], logs,
     )
     assert code != 0 and seconds < FAILURE_BOUND
     for rank in (0, 1):  # each rank stopped by itself, on the loss check (not killed, not on a later check)
         assert "error: the loss became nan at step 3" in (logs / f"workerlog.{rank}").read_text(errors="replace")
     kept = saved_rows(out)
     assert np.isfinite(kept).all()
+    one_process = {}
+    for steps in (1, 2):
+        config = parse_config(train_args(tiny_model_en, demo_images, tmp_path / f"one-{steps}", train_batch_size=2,
+                                         **dict(flags, max_train_steps=steps)))
+        train(config, DistContext())
+        one_process[steps] = saved_rows(tmp_path / f"one-{steps}")
+    initial = initial_rows(tiny_model_en, config)
+    assert_same_update(kept, one_process[2], initial)  # the last good step
+    assert np.abs((kept - one_process[1])).max() > 100 * np.abs(one_process[2] - kept).max()  # not step 1's
 
 
 def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tiny_model_en, demo_images, tmp_path):
