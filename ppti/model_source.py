@@ -785,9 +785,11 @@ def _is_paddle_component(folder: Path) -> bool:
     file = folder / "model.safetensors"
     if file.is_file():
         try:
-            return read_safetensors(file).metadata.get("format") in ("np", "pd")
+            weights = read_safetensors(file)
         except ModelError:
             return False
+        weights.close()
+        return weights.metadata.get("format") in ("np", "pd")
     return False
 
 

@@ -103,6 +103,7 @@ def assert_same_weights(loaded, expected_dir: Path, names, transform=lambda name
 # --------------------------------------------------------------------------------------------- every form loads
 @needs_torch
 @pytest.mark.slow
+@pytest.mark.torch
 @pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl"])
 def test_every_form_loads_the_pipeline_weights(arch, forms, tokenizer_dir, tmp_path):
     folder = forms(arch)
@@ -125,6 +126,7 @@ def test_every_form_loads_the_pipeline_weights(arch, forms, tokenizer_dir, tmp_p
 
 @needs_torch
 @pytest.mark.slow
+@pytest.mark.torch
 def test_use_ema_picks_the_ema_copy(forms, tokenizer_dir, tmp_path):
     """The .ckpt's EMA copy holds every UNet value x 0.5; the non-EMA weights are the default."""
     folder = forms("sd1")
@@ -146,6 +148,7 @@ def first_loss(model, out, tokenizer=None, cache=None) -> float:
 
 @needs_torch
 @pytest.mark.slow
+@pytest.mark.torch
 @pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl"])
 def test_one_step_loss_equals_the_ppdiffusers_folder(arch, forms, tokenizer_dir, tmp_path):
     """The reference: ppdiffusers' own from_diffusers conversion of the transformers-4 folder, saved by
@@ -167,6 +170,7 @@ def test_one_step_loss_equals_the_ppdiffusers_folder(arch, forms, tokenizer_dir,
 # ---------------------------------------------------------------------------------------------- the cache
 @needs_torch
 @pytest.mark.slow
+@pytest.mark.torch
 def test_cache_is_reused_and_a_changed_file_converted_again(forms, tokenizer_dir, tmp_path, caplog):
     single = tmp_path / "model.safetensors"
     single.write_bytes((forms("sd1") / "single.safetensors").read_bytes())
@@ -201,6 +205,7 @@ print(resolve_model({src!r}, {tok!r}, {cache!r}).folder)
 
 @needs_torch
 @pytest.mark.slow
+@pytest.mark.torch
 def test_two_processes_converting_at_once_leave_one_good_entry(forms, tokenizer_dir, tmp_path):
     cache = tmp_path / "cache"
     code = CONCURRENT.format(repo=str(REPO), src=str(forms("sd1") / "single.safetensors"), tok=str(tokenizer_dir),
@@ -260,6 +265,7 @@ SAYS = {"truncated": "truncated", "unknown architecture": "unknown architecture"
         "SD3": "Stable Diffusion 3", "malicious pickle": "posix.system"}
 
 
+@pytest.mark.slow  # (each runs the trainer's entry point: ~15 s)
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_refused_in_one_line_naming_the_file(case, tmp_path):
     files = tmp_path / "files"
@@ -291,6 +297,7 @@ def test_a_folder_holding_a_single_file_says_to_pass_the_file(tmp_path):
 
 @needs_torch
 @pytest.mark.slow
+@pytest.mark.torch
 def test_single_file_without_tokenizer_offline_names_the_flag(forms, tmp_path):
     from ppti.models import ModelError
 
@@ -310,6 +317,7 @@ def test_single_file_without_tokenizer_offline_names_the_flag(forms, tmp_path):
 # ------------------------------------------------------------------------------------- tools/convert_model.py
 @needs_torch
 @pytest.mark.slow
+@pytest.mark.torch
 def test_convert_model_tool_writes_a_folder_and_prints_the_command(forms, tokenizer_dir, tmp_path):
     folder = forms("sd2")
     out = tmp_path / "converted"
