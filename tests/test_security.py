@@ -59,6 +59,7 @@ def test_the_token_is_left_out_of_the_config_object_text():
     assert "hub_token" not in config.to_dict()
 
 
+@pytest.mark.slow
 def test_plain_and_checkpointed_runs_write_no_token(tiny_model_en, tmp_path):
     """A plain run, a run with checkpoints and VisualDL logs, and its resumption with another token: no file and
     no console line holds either token (the resume logs the settings that changed: never the token)."""
@@ -84,6 +85,7 @@ def test_plain_and_checkpointed_runs_write_no_token(tiny_model_en, tmp_path):
         assert files_with(out, token) == [] and token not in resumed.stdout + resumed.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token_from", ["--hub_token", "HF_TOKEN"])
 def test_push_sends_the_allow_list_and_never_the_token(tiny_model_en, tmp_path, token_from):
     """--push_to_hub against a local fake Hub: the token authorises the requests and appears in no file and no byte
@@ -154,3 +156,30 @@ def test_generate_sizes_are_bounded_as_the_trainers(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     assert f"--height {MAX_IMAGE_SIDE + 8} is above the maximum {MAX_IMAGE_SIDE}" in err
     assert f"--width 20000 is above the maximum {MAX_IMAGE_SIDE}" in err
+
+
+def test_the_allow_list_of_a_push(tmp_path):
+    """What --push_to_hub would send from a folder holding everything a run (and the page, and evaluate) writes:
+    embeddings, card, description and grids, the pipeline only when the run saved it; nothing else."""
+    from ppti import outputs
+    from ppti.config import parse_config
+
+    out = tmp_path / "out"
+    for name in ["learned_embeds.safetensors", "learned_embeds-steps-2.pdparams", "learned_embeds_2.pdparams",
+                 "train_config.yaml", "token_identifier.txt", "type_of_concept.txt", "validation/step-2.png",
+                 "model_index.json", "unet/config.json", "text_encoder/model_state.pdparams", "logs/vdlrecords.1.log",
+                 "validation/logs/events.out.tfevents.1", "checkpoints/checkpoint-2/train_config.yaml",
+                 "webui/run.json", "webui/advanced.yaml", "webui/exports/final/x.pt", "evaluation/scores.json",
+                 "notes.txt", "learned_embeds.pdparams.ppti-tmp-abc", "validation/step-4.png.ppti-tmp-x.png"]:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"x")
+    embeddings_and_card = ["learned_embeds-steps-2.pdparams", "learned_embeds.safetensors",
+                           "learned_embeds_2.pdparams", "token_identifier.txt", "train_config.yaml",
+                           "type_of_concept.txt", "validation/step-2.png"]
+    base = train_args(tmp_path / "m", DEMO_IMAGES, out, push_to_hub=True)
+    names = [name for name, _ in outputs.publishable_files(parse_config(base))]
+    assert sorted(names) == embeddings_and_card
+    names = [name for name, _ in outputs.publishable_files(parse_config(base + ["--no-only_save_embeds",
+                                                                                  "--logging_dir", "validation/logs"]))]
+    assert sorted(names) == sorted(embeddings_and_card + ["model_index.json", "text_encoder/model_state.pdparams",
+                                                          "unet/config.json"])
