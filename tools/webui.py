@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = tool_parser("webui.py", __doc__)
     parser.add_argument("--host", default="127.0.0.1",
                         help="Address to listen on (default 127.0.0.1: this machine only). Anything else lets other "
-                             "machines start training and read the workspace: only on a network you trust.")
+                             "machines start training and read the workspace: it needs --auth or --auth_file, and "
+                             "only on a network you trust (plain HTTP).")
     parser.add_argument("--port", type=int, default=7860, help="Port (default 7860).")
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                         help="Ask for this login (HTTP Basic) on every request: the page, its API, its files. "
