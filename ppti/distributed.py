@@ -16,7 +16,11 @@ it, one small all_gather per optimizer step carries the loss, the overflow flag 
 
 Errors: when a rank raises, it exits non-zero and the launcher stops the other ranks. The launcher shows the
 console output of rank 0 (and the log tail of the lowest failed rank), so a rank other than 0 first hands its error
-message to rank 0, which prints it (`report_failures_to_main_rank`, `watch_for_failures`).
+message to rank 0, which prints it (`report_failures_to_main_rank`, `watch_for_failures`). A rank that dies without
+a word (killed by the out-of-memory killer, its machine gone) is noticed by the rank watcher (ppti/rankwatch.py, a
+small process beside rank 0 that every rank holds a connection to): it tells every other rank, which prints one
+line naming the failed rank and exits -- also on other machines, whose launchers do not know of the death, and
+ranks waiting in a collective (`start_rank_watch`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import contextlib
 import functools
 import logging
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -69,6 +76,7 @@ def init_distributed() -> DistContext:
     ctx = DistContext(rank=dist.get_rank(), world_size=world_size)
     if ctx.is_main:
         watch_for_failures()
+    start_rank_watch(ctx)
     return ctx
 
 
@@ -193,6 +201,79 @@ def worker_log() -> Path:
     return Path(os.environ.get("PADDLE_LOG_DIR", "log")) / f"workerlog.{local_rank}"
 
 
+# ------------------------------------------------------------------------------------------------------------
+# ranks that die without a word
+# ------------------------------------------------------------------------------------------------------------
+_RANK_WATCH_KEY = "ppti/rank-watch"
+_watch_connection: dict = {}  # "socket": this rank's connection to the rank watcher, "done": no more messages
+
+
+def start_rank_watch(ctx: DistContext) -> None:
+    """Rank 0 starts the watcher (ppti/rankwatch.py) and publishes its address in the launcher's store; every
+    rank connects, keeps the connection for its lifetime and listens for "stop" on a daemon thread. Without the
+    launcher's store (PADDLE_MASTER), or if the watcher cannot start, the run goes on without it."""
+    if "PADDLE_MASTER" not in os.environ:
+        return
+    from paddle.base import core
+
+    store = core.create_or_get_global_tcp_store()
+    try:
+        if ctx.is_main:
+            watcher = subprocess.Popen([sys.executable, "-m", "ppti.rankwatch", str(ctx.world_size)],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       start_new_session=True)  # (outlives rank 0 to say what happened)
+            port = int(watcher.stdout.readline())
+            host = os.environ["PADDLE_MASTER"].rsplit(":", 1)[0]  # rank 0's machine, as every rank reaches it
+            store.set(_RANK_WATCH_KEY, f"{host}:{port}".encode())
+        host, port = bytes(store.get(_RANK_WATCH_KEY)).decode().rsplit(":", 1)
+        conn = socket.create_connection((host, int(port)), timeout=30)
+        conn.settimeout(None)
+        conn.sendall(f"{ctx.rank}\n".encode())
+    except (OSError, ValueError) as exc:
+        log.warning("the rank watcher did not start (%s): a rank killed without a message may leave the others "
+                    "waiting until the collective's timeout", exc)
+        return
+    _watch_connection.update(socket=conn, done=False)
+    threading.Thread(target=_listen_for_stop, args=(conn, ctx.rank), name="ppti-rank-watch", daemon=True).start()
+    atexit.register(tell_rank_watch, "bye")
+
+
+def tell_rank_watch(word: str) -> None:
+    """"bye" (this rank ends normally) or "failed" (its error was handed to rank 0); the first word counts."""
+    conn = _watch_connection.get("socket")
+    if conn is None or _watch_connection.get("done"):
+        return
+    _watch_connection["done"] = True
+    try:
+        conn.sendall(f"{word}\n".encode())
+    except OSError:
+        pass
+
+
+def _listen_for_stop(conn: socket.socket, rank: int) -> None:
+    """On "stop <line>": print the line and end this process at once (its main thread may be waiting in a
+    collective that will never complete). If the watcher itself goes away, rank 0's machine has."""
+    data = b""
+    while b"\n" not in data:
+        try:
+            chunk = conn.recv(4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            line = ("the rank watcher beside rank 0 is gone (rank 0's machine failed?); stopping. The last saved "
+                    "embedding and checkpoint are intact: continue with --resume_from_checkpoint latest")
+            break
+        data += chunk
+    else:
+        line = data.split(b"\n", 1)[0].decode("utf-8", "replace").removeprefix("stop ")
+    if _watch_connection.get("done"):  # this rank is ending by itself already
+        return
+    log.error("%s", line)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    os._exit(1)
+
+
 def report_failures_to_main_rank(func):
     """Decorator for the training entry: an exception on a rank other than 0 is also printed by rank 0, then
     re-raised (the CLI prints it on this rank and exits non-zero; the launcher then stops every rank)."""
@@ -208,6 +289,7 @@ def report_failures_to_main_rank(func):
                 hand_failure_to_main_rank(
                     f"rank {dist.get_rank()} failed: {type(exc).__name__}: {exc} (its full output: {worker_log()})"
                 )
+            tell_rank_watch("failed")  # (its error is printed: the others are stopped without another message)
             raise
 
     return wrapper

@@ -6,7 +6,8 @@ WHEN = data: on RANK, --train_data_dir names a folder that does not exist (a mac
              rank stops during setup while the others load the model and then wait for it;
 WHEN = step: RANK raises in its 3rd micro-step, while the other ranks wait for it in the gradient all-reduce;
 WHEN = nan:  RANK's loss (alone) is NaN in its 3rd micro-step;
-WHEN = signal: RANK (alone) receives SIGTERM in its 3rd micro-step (the others must stop after the same step).
+WHEN = signal: RANK (alone) receives SIGTERM in its 3rd micro-step (the others must stop after the same step);
+WHEN = kill: RANK is killed (SIGKILL, as the out-of-memory killer does) in its 3rd micro-step: it says nothing.
 """
 
 import os
@@ -33,6 +34,8 @@ def inject(when: str, argv: list[str]) -> list[str]:
             return real_loss(run, batch)
         if when == "nan":
             return real_loss(run, batch) * float("nan")
+        if when == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
         if when == "signal":
             os.kill(os.getpid(), signal.SIGTERM)
             return real_loss(run, batch)
