@@ -15,7 +15,7 @@ from ppti.precision import Precision, kernel_problem, prepare_frozen_models, res
 from ppti.tokens import add_placeholder_tokens, initializer_ids, install_trainable_rows
 from ppti.train import batches, optimizer_step, setup
 
-from conftest import run_entry, train_args
+from conftest import DEMO_IMAGES, run_entry, train_args
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
@@ -24,19 +24,51 @@ def _embedding(path) -> np.ndarray:
     return np.asarray(next(iter(paddle.load(str(path)).values())), dtype=np.float32)
 
 
+def _trainer_problem(model, data, out, mode: str):
+    """What decides which of the tests below runs, found without kernel_problem (the code under test): three
+    optimizer steps of the real trainer in `mode` with the device check switched off. None when they run with finite
+    losses, else the first line of why not."""
+    import ppti.precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ppti.precision, "device_problem", lambda *args, **kwargs: None)
+        try:
+            run = setup(parse_config(train_args(model, data, out, mixed_precision=mode)), DistContext())
+            micro_batches = iter(batches(run, 0))
+            losses = [optimizer_step(run, micro_batches) for _ in range(3)]
+        except Exception as exc:  # noqa: BLE001 - any failure means "this device cannot train in this mode"
+            return str(exc).strip().splitlines()[0].split(". ")[0][:200] or type(exc).__name__
+    return None if all(np.isfinite(losses)) else f"non-finite losses {losses}"
+
+
+@pytest.fixture(scope="module")
+def trainer_problems(tiny_model_en, tmp_path_factory) -> dict:
+    """{mode: None if the trainer trains in it here, else why not} for no (float32), fp16 and bf16."""
+    return {mode: _trainer_problem(tiny_model_en, DEMO_IMAGES, tmp_path_factory.mktemp(f"probe-{mode}"), mode)
+            for mode in ("no", "fp16", "bf16")}
+
+
+@pytest.mark.parametrize("mode", ["no", "fp16", "bf16"])
+def test_kernel_problem_says_no_exactly_where_the_trainer_cannot_train(trainer_problems, mode):
+    """kernel_problem's small probe agrees with the real trainer on this device, for float32 too (a probe that
+    always said "no kernels" would fail there on every device; one that always said "fine" fails on CPU)."""
+    problem = kernel_problem(DTYPES.get(mode, "float32"))
+    assert (problem is None) == (trainer_problems[mode] is None), (mode, problem, trainer_problems[mode])
+
+
 @pytest.mark.parametrize("mode", ["fp16", "bf16"])
-def test_mixed_precision_refused_clearly_where_the_device_has_no_kernels(mode):
-    problem = kernel_problem(DTYPES[mode])
-    if problem is None:
-        pytest.skip(f"this device computes in {DTYPES[mode]}; see test_mixed_precision_trains_where_supported")
+def test_mixed_precision_refused_clearly_where_the_device_has_no_kernels(trainer_problems, mode):
+    if trainer_problems[mode] is None:
+        pytest.skip(f"this device trains in {DTYPES[mode]}; see test_mixed_precision_trains_where_supported")
     with pytest.raises(ConfigError, match=rf"--mixed_precision {mode}: .*cannot compute in {DTYPES[mode]} on "
                                           rf".*Use --mixed_precision no"):
         resolve_precision(mode)
 
 
-def test_mixed_precision_refusal_is_one_line_and_exit_code_2(tiny_model_en, demo_images, tmp_path):
-    if kernel_problem("bfloat16") is None:
-        pytest.skip("this device computes in bfloat16")
+def test_mixed_precision_refusal_is_one_line_and_exit_code_2(tiny_model_en, demo_images, tmp_path,
+                                                             trainer_problems):
+    if trainer_problems["bf16"] is None:
+        pytest.skip("this device trains in bfloat16")
     done = run_entry(train_args(tiny_model_en, demo_images, tmp_path / "out", mixed_precision="bf16"))
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -46,9 +78,10 @@ def test_mixed_precision_refusal_is_one_line_and_exit_code_2(tiny_model_en, demo
 
 
 @pytest.mark.parametrize("mode", ["fp16", "bf16"])
-def test_mixed_precision_trains_where_supported(tiny_model_en, demo_images, tmp_path, mode):
-    if kernel_problem(DTYPES[mode]) is not None:
-        pytest.skip(f"no {DTYPES[mode]} kernels on {paddle.device.get_device()} (the refusal is tested above)")
+def test_mixed_precision_trains_where_supported(tiny_model_en, demo_images, tmp_path, mode, trainer_problems):
+    if trainer_problems[mode] is not None:
+        pytest.skip(f"the trainer cannot run {mode} on {paddle.device.get_device()} ({trainer_problems[mode]}; the "
+                    "refusal is tested above)")
     run = setup(parse_config(train_args(tiny_model_en, demo_images, tmp_path, mixed_precision=mode)), DistContext())
     micro_batches = iter(batches(run, 0))
     losses = [optimizer_step(run, micro_batches) for _ in range(3)]
