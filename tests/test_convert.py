@@ -177,19 +177,42 @@ def test_refuses_pickle_with_forbidden_global_without_running_it(tmp_path):
     assert not marker.exists() and not (tmp_path / "out.pdparams").exists()
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--to", "torch"], ["INPUT"]),
-    (["x.pdparams"], ["--to"]),
-    (["x.pdparams", "--to", "tensorflow"], ["invalid choice"]),
-    (["x.pdparams", "--to", "paddle", "--format", "webui"], ["--format"]),
-    (["missing.pdparams", "--to", "paddle"], ["no such file"]),
-    (["--info", "a.pt", "b.pt"], ["--info"]),
-])
-def test_refuses_bad_command_lines(tmp_path, args, match):
+# (command line, the words only this refusal has, the same command with its one mistake fixed)
+BAD_COMMAND_LINES = {
+    "no_input": (["--to", "torch"], "give INPUT and --to torch|paddle", ["x.pdparams", "--to", "torch"]),
+    "no_target": (["x.pdparams"], "give INPUT and --to torch|paddle", ["x.pdparams", "--to", "torch"]),
+    "unknown_target": (["x.pdparams", "--to", "tensorflow"], "invalid choice: 'tensorflow'",
+                       ["x.pdparams", "--to", "torch"]),
+    "format_for_paddle": (["x.pdparams", "--to", "paddle", "--format", "webui"], "--to paddle always writes .pdparams",
+                          ["x.pdparams", "--to", "torch", "--format", "webui"]),
+    "missing_file": (["missing.pdparams", "--to", "paddle"], "missing.pdparams: no such file",
+                     ["x.pdparams", "--to", "paddle", "-o", "y.pdparams"]),
+    "info_with_two_files": (["--info", "a.pt", "b.pt"], "--info only describes a file", ["--info", "x.pdparams"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_COMMAND_LINES)
+def test_refuses_bad_command_lines(tmp_path, case):
+    """Each refusal says what is wrong with that command line (words a generic usage line would not hold), and the
+    same command with that one mistake fixed runs."""
+    args, words, fixed = BAD_COMMAND_LINES[case]
     write_embeddings(tmp_path / "x.pdparams", {"<x>": vectors(1)})
     proc = convert(*args, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and any(m in proc.stderr for m in match), proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convert.py: error: ") and words in lines[0], proc.stderr
+    assert "usage:" not in proc.stderr
+    done = convert(*fixed, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_bad_command_lines_get_their_own_messages(tmp_path):
+    """The refusals differ from each other: no single message answers every mistake (only the two halves of an
+    incomplete command share one, which names both)."""
+    write_embeddings(tmp_path / "x.pdparams", {"<x>": vectors(1)})
+    messages = {case: convert(*args, cwd=tmp_path).stderr.strip() for case, (args, _, _) in BAD_COMMAND_LINES.items()}
+    assert messages["no_input"] == messages["no_target"]
+    assert len(set(messages.values())) == len(messages) - 1, messages
 
 
 def test_step_with_a_file_is_refused(output_dir):
