@@ -195,8 +195,8 @@ def push_to_hub(config: TrainConfig) -> None:
     files = publishable_files(config)
     leaking = files_holding(known_tokens(config), files)
     if leaking:
-        log.error("--push_to_hub: nothing uploaded: %s holds the Hub token; remove it from the file(s) and push "
-                  "again (the results are in %s)", ", ".join(leaking), config.output_dir)
+        log.error("--push_to_hub: upload to %s failed (nothing sent: %s holds the Hub token; remove it and push "
+                  "again); the results are in %s", repo_id, ", ".join(leaking), config.output_dir)
         return
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files]
     if not any(name == README_FILE for name, _ in files):

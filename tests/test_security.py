@@ -138,7 +138,7 @@ def test_a_file_holding_the_token_stops_the_push(tmp_path, monkeypatch, ppti_log
         monkeypatch.setattr(hf_api.api, "endpoint", hub.url)  # (create_repo/create_commit are bound to it)
         outputs.push_to_hub(config)
         assert hub.requests == []
-        assert "nothing uploaded: README.md holds the Hub token" in ppti_log.text
+        assert "upload to a/b failed (nothing sent: README.md holds the Hub token" in ppti_log.text
         (out / "README.md").write_text("my notes\n")
         outputs.push_to_hub(config)
     assert sorted(hub.files["a/b"]) == ["README.md", "learned_embeds.pdparams"]
