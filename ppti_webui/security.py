@@ -183,9 +183,10 @@ def prepare_temp_dir(workspace_root: Path) -> Path:
 def discard_uploads(paths: Iterable[str | Path], temp_dir: Optional[Path] = None) -> list[Path]:
     """Delete uploaded files (and the folder Gradio made for each, once empty) that lie inside Gradio's temporary
     folder; anything elsewhere is left alone. Returns what was deleted."""
-    temp = Path(temp_dir or os.environ.get("GRADIO_TEMP_DIR") or "").resolve()
-    if not temp_dir and not os.environ.get("GRADIO_TEMP_DIR"):
+    folder = temp_dir or os.environ.get("GRADIO_TEMP_DIR")
+    if not folder:
         return []
+    temp = Path(folder).resolve()
     deleted = []
     for path in map(Path, paths):
         real = path.resolve()
@@ -211,7 +212,7 @@ def check_folder_files(folder: Path, root: Path, field: str = "image folder") ->
         real = entry.resolve()
         if real != root and root not in real.parents:
             raise refused(f"{field}: {entry.name} leads outside the workspace {root} (to {real}); copy the "
-                                "image into the workspace instead of linking to it")
+                          "image into the workspace instead of linking to it")
 
 
 def check_secret_keys(data: dict) -> None:
@@ -227,5 +228,5 @@ def check_side(name: str, value, default: int) -> int:
     side = int(value or 0) or int(default)
     if not SIDE_STEP <= side <= MAX_SIDE or side % SIDE_STEP:
         raise refused(f"{name} {side}: give a multiple of {SIDE_STEP} from {SIDE_STEP} to {MAX_SIDE} (the "
-                            "trainer's limit; memory grows with the square of the side)")
+                      "trainer's limit; memory grows with the square of the side)")
     return side
