@@ -217,15 +217,13 @@ def start_rank_watch(ctx: DistContext) -> None:
     from paddle.base import core
 
     store = core.create_or_get_global_tcp_store()
+    if ctx.is_main:
+        store.set(_RANK_WATCH_KEY, _start_watcher(ctx.world_size).encode())  # (always set: the others wait for it)
+    address = bytes(store.get(_RANK_WATCH_KEY)).decode()
+    if address == "none":
+        return
     try:
-        if ctx.is_main:
-            watcher = subprocess.Popen([sys.executable, "-m", "ppti.rankwatch", str(ctx.world_size)],
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       start_new_session=True)  # (outlives rank 0 to say what happened)
-            port = int(watcher.stdout.readline())
-            host = os.environ["PADDLE_MASTER"].rsplit(":", 1)[0]  # rank 0's machine, as every rank reaches it
-            store.set(_RANK_WATCH_KEY, f"{host}:{port}".encode())
-        host, port = bytes(store.get(_RANK_WATCH_KEY)).decode().rsplit(":", 1)
+        host, port = address.rsplit(":", 1)
         conn = socket.create_connection((host, int(port)), timeout=30)
         conn.settimeout(None)
         conn.sendall(f"{ctx.rank}\n".encode())
@@ -236,6 +234,22 @@ def start_rank_watch(ctx: DistContext) -> None:
     _watch_connection.update(socket=conn, done=False)
     threading.Thread(target=_listen_for_stop, args=(conn, ctx.rank), name="ppti-rank-watch", daemon=True).start()
     atexit.register(tell_rank_watch, "bye")
+
+
+def _start_watcher(world_size: int) -> str:
+    """Rank 0: start ppti/rankwatch.py; its "host:port" as every rank reaches it, or "none" (with a warning)."""
+    package_root = str(Path(__file__).resolve().parents[1])  # (importable even when ppti is not installed)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    try:
+        watcher = subprocess.Popen([sys.executable, "-m", "ppti.rankwatch", str(world_size)], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   start_new_session=True)  # (outlives rank 0 to say what happened)
+        port = int(watcher.stdout.readline())
+    except (OSError, ValueError) as exc:
+        log.warning("the rank watcher did not start (%s): a rank killed without a message may leave the others "
+                    "waiting until the collective's timeout", exc)
+        return "none"
+    return f"{os.environ['PADDLE_MASTER'].rsplit(':', 1)[0]}:{port}"  # rank 0's machine, as every rank reaches it
 
 
 def tell_rank_watch(word: str) -> None:

@@ -242,8 +242,9 @@ def selfcheck(nproc: Optional[int] = None, print_line: Callable[[str], None] = p
         precision_lines = train_precisions(model, data, work, modes)  # (one line per mode)
         emit(precision_lines)
         trained = [mode for mode, line in zip(modes, precision_lines) if line.ok]  # (a failed one is reported)
-        emit([repeatability(model, data, work, mode) for mode in trained])
+        # without --deterministic first: its flags and environment variable stay set in this process once set
         emit([repeatability(model, data, work, "no", deterministic=False)])
+        emit([repeatability(model, data, work, mode) for mode in trained])
         if nproc:
             emit([train_ranks(model, data, work, nproc, mode) for mode in modes])
     failed = sum(line.ok is False for line in lines)

@@ -206,6 +206,27 @@ def test_selfcheck_repeatability_is_bit_identical_on_this_cpu_and_reports_the_la
     assert calls == [False, False] and plain.ok is None and "without --deterministic" in str(plain)
 
 
+def test_selfcheck_runs_the_plain_pair_before_deterministic_flags_stay_set_and_only_for_trained_modes(monkeypatch,
+                                                                                                         tmp_path):
+    import ppti.selfcheck as selfcheck
+    import ppti.tiny
+
+    monkeypatch.setattr(ppti.tiny, "make_tiny_model", lambda *a, **k: tmp_path / "model")
+    monkeypatch.setattr(selfcheck, "kernel_lines", lambda: ([], ["no", "fp16"]))
+    monkeypatch.setattr(selfcheck, "train_precisions", lambda model, data, work, modes: [
+        selfcheck.Line(True, "fp32: fine"), selfcheck.Line(False, "fp16: training failed")])
+    calls = []
+
+    def repeatability(model, data, work, mode, deterministic=True):
+        calls.append((mode, deterministic))
+        return selfcheck.Line(True if deterministic else None, f"repeatability ({mode}, {deterministic})")
+
+    monkeypatch.setattr(selfcheck, "repeatability", repeatability)
+    printed = []
+    assert selfcheck.selfcheck(print_line=printed.append) == 1  # (the fp16 line failed)
+    assert calls == [("no", False), ("no", True)]  # plain first; no repeatability for the mode that failed
+
+
 # ------------------------------------------------------------------------------------------------------------
 # what --help and the docs promise and what they say it costs
 # ------------------------------------------------------------------------------------------------------------
