@@ -27,6 +27,7 @@ from helpers import LAUNCH_TIMEOUT, SCALE_SENSITIVE_ADAM, assert_same_update, in
 from ppti import checkpoint
 from ppti.config import parse_config
 from ppti.distributed import DistContext
+from ppti.rankwatch import watch
 from ppti.embeddings import read_embeddings
 from ppti.train import train
 
@@ -120,3 +121,72 @@ def test_a_killed_rank_ends_every_process_within_a_minute_naming_it(tiny_model_e
     (in_checkpoint,) = read_embeddings(newest / "learned_embeds.pdparams")
     assert np.array_equal(saved.vectors, in_checkpoint.vectors)
     assert not (out / "learned_embeds.pdparams").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the watcher's rules, without launching anything
+# ------------------------------------------------------------------------------------------------------------
+def _watch_in_thread(world_size: int):
+    import io
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    log, result = io.StringIO(), {}
+    thread = threading.Thread(target=lambda: result.update(failed=watch(world_size, server, log)), daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+
+    def connect(rank: int) -> socket.socket:
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(f"{rank}\n".encode())
+        return conn
+
+    return connect, thread, log, result
+
+
+def _received(conn: socket.socket) -> str:
+    conn.settimeout(10)
+    return conn.recv(4096).decode()
+
+
+@pytest.mark.parametrize("said, expected", [
+    (None, "rank 2 failed (its process ended without a word"),  # killed: the connection just closes
+    ("failed", "rank 2 failed (its error is above"),  # its error was handed to rank 0 first
+])
+def test_the_first_rank_to_vanish_without_bye_is_named_to_every_other_rank(said, expected):
+    connect, thread, log, result = _watch_in_thread(3)
+    ranks = [connect(r) for r in range(3)]
+    time.sleep(0.3)
+    if said:
+        ranks[2].sendall(f"{said}\n".encode())
+    ranks[2].close()
+    for rank in (0, 1):
+        message = _received(ranks[rank])
+        assert message.startswith(f"stop {expected}") and "--resume_from_checkpoint latest" in message
+    assert log.getvalue() == ""  # rank 0 is alive: it prints the line itself
+    ranks[0].close()  # (rank 0 then ends: not a second failure)
+    ranks[1].close()
+    thread.join(10)
+    assert result == {"failed": 2}
+
+
+def test_ranks_that_say_bye_are_no_failure_and_the_watcher_speaks_for_a_vanished_rank_0():
+    connect, thread, log, result = _watch_in_thread(2)
+    ranks = [connect(r) for r in range(2)]
+    time.sleep(0.3)
+    ranks[1].sendall(b"bye\n")
+    ranks[1].close()
+    time.sleep(0.3)
+    ranks[0].sendall(b"bye\n")
+    ranks[0].close()
+    thread.join(10)
+    assert result == {"failed": -1} and log.getvalue() == ""
+
+    connect, thread, log, result = _watch_in_thread(2)
+    ranks = [connect(r) for r in range(2)]
+    time.sleep(0.3)
+    ranks[0].close()  # rank 0 killed: nobody else writes into its log, so the watcher does
+    assert _received(ranks[1]).startswith("stop rank 0 failed (its process ended without a word")
+    ranks[1].close()
+    thread.join(10)
+    assert result == {"failed": 0} and log.getvalue().startswith("ppti: rank 0 failed (its process ended")
