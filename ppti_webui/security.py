@@ -2,6 +2,8 @@
 
 - only the host names it serves: a request whose Host header names anything else (a DNS-rebinding page that made
   evil.example resolve to 127.0.0.1) gets 403 before any route runs (HostGuard, an ASGI middleware);
+- only its own pages may change anything: a POST (or WebSocket) whose Origin is another site gets 403 (a web page
+  elsewhere cannot drop uploads into the workspace; Gradio's JSON calls need a CORS preflight, which it refuses);
 - a login off loopback: --host other than a loopback address needs --auth USER:PASS or --auth_file, checked by the
   same middleware on every request (page, API, files) with HTTP Basic authentication;
 - Gradio's temporary files (uploads, files it serves) live inside the workspace and are emptied when the page starts;
@@ -24,6 +26,7 @@ import shutil
 import socket
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
+from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -114,8 +117,9 @@ def check_exposure(host: str, login: Optional[tuple[str, str]]) -> None:
 
 # ---- the middleware ---------------------------------------------------------------------------------------------
 class HostGuard:
-    """ASGI middleware: 403 for a Host not in `names`; 401 without the login when `login` is set. Runs before any
-    route of the app it wraps, for HTTP and WebSocket alike."""
+    """ASGI middleware: 403 for a Host not in `names` and for a cross-site write (an Origin other than the Host);
+    401 without the login when `login` is set. Runs before any route of the app it wraps, for HTTP and WebSocket
+    alike."""
 
     def __init__(self, app, names: Sequence[str], login: Optional[tuple[str, str]] = None):
         self.app, self.names = app, {normalise(n) for n in names}
@@ -129,6 +133,9 @@ class HostGuard:
         if host_name(headers.get("host", "")) not in self.names:
             await self.refuse(scope, send, 403, "403: this page answers only to the names it serves (see "
                                                 "--allow_host); the request named another host\n")
+        elif cross_site(scope, headers):
+            await self.refuse(scope, send, 403, "403: a request from another site (Origin "
+                                                f"{headers['origin']}) may not change anything here\n")
         elif self.expected is not None and not self.authorised(headers.get("authorization", "")) and not (
                 scope.get("path") == SELF_CHECK and is_loopback((scope.get("client") or ("",))[0])):
             await self.refuse(scope, send, 401, "401: log in (the page was started with --auth)\n",
@@ -156,6 +163,16 @@ class HostGuard:
                     "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                 (b"content-length", str(len(body)).encode()), *extra]})
         await send({"type": "http.response.body", "body": body})
+
+
+def cross_site(scope, headers: dict[str, str]) -> bool:
+    """A request that can change something (not GET/HEAD/OPTIONS; any WebSocket) sent by a page of another origin:
+    browsers name the page's origin in Origin; it must be this very host (and port). Clients that send no Origin
+    (curl, scripts on this machine) are not browsers visiting other sites."""
+    origin = headers.get("origin")
+    if origin is None or (scope["type"] == "http" and scope.get("method") in ("GET", "HEAD", "OPTIONS")):
+        return False
+    return urlsplit(origin.strip()).netloc.lower() != headers.get("host", "").strip().lower()
 
 
 def app_kwargs(names: Sequence[str], login: Optional[tuple[str, str]]) -> dict:

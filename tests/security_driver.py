@@ -83,10 +83,10 @@ def multipart(paths: list[Path]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def upload(port: int, paths: list[Path], auth: str | None = None) -> tuple[int, list[str]]:
+def upload(port: int, paths: list[Path], auth: str | None = None, origin: str | None = None) -> tuple[int, list]:
     body, content_type = multipart(paths)
-    status, data = request("POST", "/gradio_api/upload", port, body=body, headers={"Content-Type": content_type},
-                           auth=auth)
+    headers = {"Content-Type": content_type, **({"Origin": origin} if origin else {})}
+    status, data = request("POST", "/gradio_api/upload", port, body=body, headers=headers, auth=auth)
     return status, json.loads(data) if status == 200 else []
 
 
@@ -141,6 +141,13 @@ def host_mode(args, result: dict) -> None:
                                   for h in (f"localhost:{args.port}", f"[::1]:{args.port}", "127.0.0.1")}
         result["foreign_file_body"] = request("GET", f"/gradio_api/file={probe}", args.port,
                                               host=f"{FOREIGN}:{args.port}")[1].decode()
+
+        # -- another site's page posting a file (CSRF: multipart needs no CORS preflight) ------------------------
+        dropped = f"dropped-by-another-site-{uuid.uuid4().hex}".encode()
+        (out / "drop.png").write_bytes(dropped)
+        result["cross_site_upload"] = upload(args.port, [out / "drop.png"], origin="http://evil.test")[0]
+        result["cross_site_files"] = files_holding([workspace], dropped)
+        result["same_site_upload"] = upload(args.port, [out / "drop.png"], origin=f"http://127.0.0.1:{args.port}")[0]
 
         # -- a refused upload: a non-image and a 20000x20000 image bomb, next to three good images ---------------
         marker = f"not-an-image-{uuid.uuid4().hex}".encode()
@@ -199,6 +206,9 @@ def browser_mode(args, result: dict) -> None:
         expect(page.locator("#start")).to_be_visible(timeout=60_000)
         result["browser_served_status"] = response.status
         result["browser_served_start_buttons"] = page.locator("#start").count()
+        result["browser_served_upload"] = page.evaluate(  # the page's own origin may post (as Gradio's upload does)
+            """async () => { const form = new FormData(); form.append('files', new Blob(['x']), 'x.png');
+                             return (await fetch('/gradio_api/upload', {method: 'POST', body: form})).status; }""")
         browser.close()
 
 

@@ -45,7 +45,7 @@ def test_host_header_names_are_parsed_as_browsers_send_them():
 
 
 def asgi(guard: security.HostGuard, headers: dict[str, str], path: str = "/", kind: str = "http",
-         client: str = "127.0.0.1") -> tuple[int, bytes, bool]:
+         client: str = "127.0.0.1", method: str = "GET") -> tuple[int, bytes, bool]:
     """(status, body, whether the wrapped app ran) of one request through `guard`."""
     sent, ran = [], []
 
@@ -61,7 +61,7 @@ def asgi(guard: security.HostGuard, headers: dict[str, str], path: str = "/", ki
         return {"type": "http.request"}
 
     guard.app = app
-    scope = {"type": kind, "path": path, "client": (client, 1234),
+    scope = {"type": kind, "path": path, "client": (client, 1234), "method": method,
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
     asyncio.run(guard(scope, receive, send))
     if kind == "websocket":
@@ -81,6 +81,15 @@ def test_the_guard_refuses_foreign_hosts_and_missing_logins_before_the_app_runs(
         status, body, ran = asgi(guard, {"Host": host} if host else {})
         assert (status, ran) == (403, False) and b"403" in body, host
     assert asgi(guard, {"Host": "evil.test"}, kind="websocket") == (1008, b"", False)
+
+    # a write from another site's page (the Origin a browser sends) is refused; the page's own and non-browsers pass
+    own = {"Host": "127.0.0.1:7860", "Origin": "http://127.0.0.1:7860"}
+    assert asgi(guard, own, method="POST")[0] == 200 and asgi(guard, {"Host": "127.0.0.1"}, method="POST")[0] == 200
+    for origin in ("http://evil.test", "http://127.0.0.1:8080", "null", "https://127.0.0.1:7860.evil.test"):
+        status, body, ran = asgi(guard, {"Host": "127.0.0.1:7860", "Origin": origin}, method="POST")
+        assert (status, ran) == (403, False) and b"from another site" in body, origin
+        assert asgi(guard, {"Host": "127.0.0.1:7860", "Origin": origin})[0] == 200  # (reading: CORS decides)
+    assert asgi(guard, {"Host": "127.0.0.1:7860", "Origin": "http://evil.test"}, kind="websocket")[0] == 1008
 
     login = security.HostGuard(None, security.served_names("127.0.0.1"), ("alice", "s3cret:x"))
     assert asgi(login, {"Host": "127.0.0.1"})[:3:2] == (401, False)
@@ -233,6 +242,9 @@ def test_a_foreign_host_gets_403_for_page_api_and_files(host_session):
     assert result["served"] == {"page": 200, "config": 200, "api_info": 200, "upload": 400, "call": 422,
                                 "file": 200}
     assert set(result["served_names"].values()) == {200}
+    # another site's page posting a file: refused, nothing written; the page's own origin may
+    assert result["cross_site_upload"] == 403 and result["cross_site_files"] == []
+    assert result["same_site_upload"] == 200
 
 
 @pytest.mark.slow
@@ -244,6 +256,7 @@ def test_the_browser_with_a_host_mapping_sees_no_page(host_session):
     assert result["browser_foreign_text"].startswith("403: this page answers only to the names it serves")
     assert result["browser_foreign_fetch"] == 403  # a script of that origin cannot read the API either
     assert (result["browser_served_status"], result["browser_served_start_buttons"]) == (200, 1)
+    assert result["browser_served_upload"] == 200
 
 
 @pytest.mark.slow
