@@ -9,6 +9,7 @@ allocation reports a full disk).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -78,6 +79,29 @@ def mount_tmpfs(path: Path, size: str, *options: str) -> None:
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'}); the simulated ENOSPC "
                     "variant covers the same code")
+
+
+@contextlib.contextmanager
+def full_disk(kind: str, root: Path, size: str, monkeypatch):
+    """A disk of `kind` at root: a tmpfs of `size` (skips where mounting is not allowed) or a simulated one; the
+    caller fills it. Unmounted afterwards."""
+    if kind == "simulated":
+        root.mkdir(parents=True, exist_ok=True)
+        yield SimulatedDisk(root, monkeypatch)
+        return
+    mount_tmpfs(root, size)
+    try:
+        yield TmpfsDisk(root)
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def files_left(root: Path) -> list[str]:
+    """Every file under root but the tmpfs filler."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "filler")
+
+
+SIMULATE = Path(__file__).parent / "simulated_full_disk.py"  # a full disk for another process (see its docstring)
 
 
 @pytest.fixture(params=["tmpfs", "simulated"])
@@ -216,41 +240,38 @@ def cli(argv) -> tuple[int, str]:
     return main([str(a) for a in argv])
 
 
+@pytest.mark.parametrize("kind", ["tmpfs", "simulated"])
 @pytest.mark.parametrize("checkpointing_steps", [0, 2])
-def test_a_run_on_a_full_disk_ends_with_one_line(tiny_model_en, demo_images, tmp_path, capsys, checkpointing_steps):
-    disk = tmp_path / "disk"
-    mount_tmpfs(disk, "256k")
-    try:
-        TmpfsDisk(disk).fill()
-        out = disk / "run"
+def test_a_run_on_a_full_disk_ends_with_one_line(tiny_model_en, demo_images, tmp_path, capsys, monkeypatch,
+                                                 checkpointing_steps, kind):
+    with full_disk(kind, tmp_path / "disk", "256k", monkeypatch) as disk:
+        disk.fill()
+        out = disk.root / "run"
         rc = cli(train_args(tiny_model_en, demo_images, out, report_to="visualdl",
                             checkpointing_steps=checkpointing_steps))
         err = capsys.readouterr().err
-        left = [str(p.relative_to(disk)) for p in disk.rglob("*") if p.is_file()]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        left = files_left(disk.root)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 1 and "Traceback" not in err and len(errors) == 1, err
     assert NO_SPACE in errors[0] and str(out) in errors[0], errors[0]
-    assert left == ["filler"], left  # no partial, temporary or empty file
+    assert left == [], left  # no partial, temporary or empty file
 
 
+@pytest.mark.parametrize("kind", ["tmpfs", "simulated"])
 @pytest.mark.parametrize("checkpointing_steps", [0, 2])
 def test_a_second_run_on_a_full_disk_never_mixes_with_the_first(tiny_model_en, demo_images, tmp_path, capsys,
-                                                                 checkpointing_steps):
+                                                                 monkeypatch, checkpointing_steps, kind):
     """The issue's case: a second run (new seed) into a finished run's folder on a full disk. Without
     --overwrite_output_dir it is refused and the first run stays as it was; with it the first run's files are removed
     before the new run writes, so whatever the disk lets through belongs to the new run (which writes more files
-    than the first freed, and so fails with one line)."""
-    disk = tmp_path / "disk"
-    mount_tmpfs(disk, "2m")
-    try:
-        out = disk / "run"
+    than the first freed, and so fails with one line; on the simulated disk no write gets through)."""
+    with full_disk(kind, tmp_path / "disk", "2m", monkeypatch) as disk:
+        out = disk.root / "run"
         args = train_args(tiny_model_en, demo_images, out, save_steps=2, checkpointing_steps=checkpointing_steps,
                           report_to="visualdl")
         assert cli(args) == 0
         first = snapshot(out)
-        TmpfsDisk(disk).fill()
+        disk.fill()
         capsys.readouterr()
         second_run = args + ["--seed", "8", "--save_steps", "1", "--save_format", "both"]
         assert cli(second_run) == 2  # refused: the folder holds a run
@@ -260,8 +281,6 @@ def test_a_second_run_on_a_full_disk_never_mixes_with_the_first(tiny_model_en, d
         rc = cli(second_run + ["--overwrite_output_dir"])
         err = capsys.readouterr().err
         second = snapshot(out)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 1 and "Traceback" not in err and len(errors) == 1 and NO_SPACE in errors[0], err
     old = {digest for name, digest in first.items() if name.startswith(("learned_embeds", "train_config", "checkpoints/"))
@@ -273,42 +292,45 @@ def test_a_second_run_on_a_full_disk_never_mixes_with_the_first(tiny_model_en, d
 # ------------------------------------------------------------------------------------------------------------
 # tools and several cards
 # ------------------------------------------------------------------------------------------------------------
-def test_the_converter_reports_a_full_disk_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["tmpfs", "simulated"])
+def test_the_converter_reports_a_full_disk_in_one_line(tmp_path, monkeypatch, kind):
     from ppti.embeddings import write_embeddings as write
 
-    disk = tmp_path / "disk"
-    mount_tmpfs(disk, "64k")
-    try:
-        source = tmp_path / "learned_embeds.pdparams"
-        write(source, {"<t>": np.ones((1, 8), np.float32)}, fmt="pdparams")
-        TmpfsDisk(disk).fill()
-        done = subprocess.run([sys.executable, str(TOOLS / "convert.py"), str(source), "--to", "torch", "-o",
-                               str(disk / "x.safetensors")], capture_output=True, text=True, timeout=120)
-        left = sorted(p.name for p in disk.iterdir())
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    source = tmp_path / "learned_embeds.pdparams"
+    write(source, {"<t>": np.ones((1, 8), np.float32)}, fmt="pdparams")
+    with full_disk(kind, tmp_path / "disk", "64k", monkeypatch) as disk:
+        command = [str(TOOLS / "convert.py"), str(source), "--to", "torch", "-o", str(disk.root / "x.safetensors")]
+        if kind == "simulated":  # (the converter runs in its own process: the simulation goes with it)
+            command = [str(SIMULATE), str(disk.root), *command]
+        else:
+            disk.fill()
+        done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120)
+        left = files_left(disk.root)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1 and NO_SPACE in done.stderr and "x.safetensors" in done.stderr
-    assert left == ["filler"]
+    assert left == [], left
 
 
-def test_two_cards_with_a_full_disk_end_with_the_error_not_a_hang(tiny_model_en, demo_images, tmp_path):
+@pytest.mark.parametrize("kind", ["tmpfs", "simulated"])
+def test_two_cards_with_a_full_disk_end_with_the_error_not_a_hang(tiny_model_en, demo_images, tmp_path, monkeypatch,
+                                                                  kind):
     """Rank 0 (the writer) hits the full disk; both ranks end within the failure bound, the console names it."""
     from helpers import FAILURE_BOUND, launch
 
-    disk = tmp_path / "disk"
-    mount_tmpfs(disk, "64k")
-    try:
-        TmpfsDisk(disk).fill()
-        rc, console, seconds = launch(REPO / "train_textual_inversion.py",
-                                      train_args(tiny_model_en, demo_images, disk / "run", train_batch_size=1),
-                                      tmp_path / "launch-logs")
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    with full_disk(kind, tmp_path / "disk", "64k", monkeypatch) as disk:
+        script, args = REPO / "train_textual_inversion.py", train_args(tiny_model_en, demo_images, disk.root / "run",
+                                                                       train_batch_size=1)
+        if kind == "simulated":  # (each rank runs the simulation)
+            script, args = SIMULATE, [disk.root, script, *args]
+        else:
+            disk.fill()
+        rc, console, seconds = launch(script, args, tmp_path / "launch-logs")
+        left = files_left(disk.root)
     assert rc != 0 and seconds < FAILURE_BOUND, console[-3000:]
     assert NO_SPACE in console, console[-3000:]
     worker0 = (tmp_path / "launch-logs" / "workerlog.0").read_text(errors="replace")
     assert "Traceback" not in worker0 and NO_SPACE in worker0, worker0[-3000:]
+    assert left == [], left
 
 
 @pytest.mark.parametrize("code, reason", [
