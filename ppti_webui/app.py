@@ -107,7 +107,7 @@ def field_problems(lang: str, values: dict[str, Any]) -> dict[str, str]:
 
 def field_updates(lang: str, elems: list[str], problems: dict[str, str]) -> list:
     """An `info` update per field: the problem next to it, or nothing."""
-    return [gr.update(info=("✘ " + problems[e]) if e in problems else None) for e in elems]
+    return [gr.update(info=("✘ " + problems[e]) if e in problems else "") for e in elems]
 
 
 def problems_message(lang: str, problems: dict[str, str]) -> str:
@@ -147,7 +147,7 @@ class Page:
         for component, key, attr, values in self.labelled:
             updates.setdefault(id(component), {})[attr] = translated(key, lang, attr, values)
         for component in self.checked:  # (a message next to a field was in the other language)
-            updates[id(component)]["info"] = None
+            updates[id(component)]["info"] = ""
         return [gr.update(**updates[id(c)]) for c in self.components()]
 
 

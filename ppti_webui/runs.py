@@ -28,7 +28,7 @@ MESSAGE = re.compile(r"^(error|interrupted): .*")
 PUSH_FAILED = re.compile(r"--push_to_hub: upload to .* failed .*")
 # What the trainer logs as it starts (in this order), before its progress bar: the page shows the phase reached.
 PHASES = (("latents:", "phase_first_step"), ("prompt templates:", "phase_encoding"), ("initializer ", "phase_encoding"))
-LOG_TAIL_LINES = 15
+LOG_TAIL_LINES = 25
 RESUMED = "--- resumed from the page ---"  # written to train.log before a resumed attempt's output
 KILLED = (-9, 137)  # SIGKILL (the kernel's out-of-memory killer), as Popen and as a shell report it
 
@@ -93,8 +93,15 @@ def start_phase(log_text: str) -> str:
 
 def log_tail(log_text: str, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` lines of the trainer's output, progress-bar redraws reduced to their last state."""
-    shown = [piece.rsplit("\r", 1)[-1].rstrip() for piece in log_text.split("\n")]
-    return "\n".join([line for line in shown if line.strip()][-lines:])
+    shown: list[str] = []
+    for line in (piece.rstrip() for piece in re.split(r"[\r\n]", log_text)):
+        if not line.strip():
+            continue
+        if shown and BAR.search(line) and BAR.search(shown[-1]):
+            shown[-1] = line  # (the bar's redraws: its last state only)
+        else:
+            shown.append(line)
+    return "\n".join(shown[-lines:])
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -357,8 +357,9 @@ def test_a_killed_run_a_failed_push_and_the_start_phases_are_read_from_its_files
     assert start_phase("") == "phase_loading"
     assert start_phase("[12:00:00] INFO initializer 'toy' -> ['toy</w>']\n") == "phase_encoding"
     assert start_phase("... INFO latents: posterior of 8 image variants cached\n") == "phase_first_step"
-    log = "".join(f"line {i}\n" for i in range(30)) + "\rTrain steps: 1/9\rTrain steps: 2/9\n"
-    assert log_tail(log) == "\n".join([f"line {i}" for i in range(16, 30)] + ["Train steps: 2/9"])
+    bar = "Train steps:  {p}%|█ | {s}/9 [00:0{s}<00:08]"
+    log = "".join(f"line {i}\n" for i in range(30)) + "".join("\r" + bar.format(p=11 * s, s=s) for s in (1, 2)) + "\n"
+    assert log_tail(log, lines=15) == "\n".join([f"line {i}" for i in range(16, 30)] + [bar.format(p=22, s=2)])
     (run_dir / "webui" / "train.log").write_text("Train steps:   0%|  | 1/9 [00:01<00:09, loss=0.5]\n")
     (run_dir / "webui" / "exit.json").write_text(json.dumps({"returncode": -9}))
     state = read_state(run_dir)

@@ -166,8 +166,22 @@ def run(args) -> dict:
     return result
 
 
+# A handler that raises makes Gradio put a small "Error" badge (span.error) on its outputs, and nothing in the
+# console: this observer reports each badge to the console, where record_console sees it.
+ERROR_BADGES = """
+new MutationObserver(records => {
+  for (const r of records) for (const n of r.addedNodes) {
+    if (n.nodeType !== 1) continue;
+    const found = n.matches('span.error') ? [n] : [...n.querySelectorAll('span.error')];
+    for (const e of found) console.error('gradio error badge: ' + e.innerText);
+  }
+}).observe(document, {childList: true, subtree: true});
+"""
+
+
 def record_console(page: Page, result: dict) -> None:
-    """Everything the page prints in the browser's console (a Python exception of a handler shows up there)."""
+    """Everything the page prints in the browser's console, plus Gradio's error badges (a handler that raised)."""
+    page.add_init_script(script=ERROR_BADGES)
     page.on("console", lambda message: result["console"].append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: result["console"].append(f"pageerror: {error}"))
 
@@ -359,9 +373,9 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
         fill(page, "data-dir", "")
         fake = out / "holiday.png"
         fake.write_text("not an image, whatever the name says")
-        set_images(page, images[:3] + [str(fake)])
-        page.click("#start")
-        result["non_image_refused"] = wait_text(page, "action", "is not an image", timeout=60_000)
+        page.set_input_files("#images input[type=file]", images[:3] + [str(fake)])
+        result["non_image_refused"] = wait_text(page, "upload-message", "is not an image", timeout=60_000)
+        expect(page.locator("#images table tr")).to_have_count(3, timeout=30_000)  # the images stay
         fill(page, "advanced", "output_dir: /tmp/elsewhere")
         page.click("#start")
         result["yaml_refused"] = wait_text(page, "action", "in the form above", timeout=60_000)
@@ -387,6 +401,7 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
         page.click("#start")
         result["second_start_refused"] = wait_text(page, "action", "a run is in progress", timeout=30_000)
         run_info = json.loads((Path(args.workspace) / "runs" / "second" / "webui" / "run.json").read_text())
+        result["console"].append("marker: page killed")  # (the browser's failed requests until the reload)
         server.kill()
         log("page killed")
         time.sleep(2)
@@ -394,6 +409,7 @@ def drive(args, server: PageProcess, out: Path, images: list[str], result: dict)
         step_before = int(page.locator("#progress").get_attribute("data-step"))
         server.start()
         reopen(page, server.url)
+        result["console"].append("marker: page reloaded")
         expect(page.locator("#start")).to_be_visible(timeout=60_000)
         result["status_after_restart"] = wait_text(page, "status", "Running", timeout=60_000)
         result["step_after_restart"] = wait_step_above(page, "second", step_before)

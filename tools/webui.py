@@ -43,7 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workspace", type=Path, default=Path("webui-workspace"),
                         help="The folder the page reads and writes: models, uploaded images, runs (default "
                              "./webui-workspace). Paths typed into the page are relative to it.")
-    parser.add_argument("--model", default="", help="Model folder (inside the workspace) or Hub id to prefill.")
+    parser.add_argument("--model", default="",
+                        help="Model folder (inside the workspace) or Hub id to prefill (default: the first model "
+                             "folder of the workspace, else the toy world shipped with ppti).")
     parser.add_argument("--language", choices=("en", "zh"), default="en", help="The page's starting language.")
     parser.add_argument("--setup_only", action="store_true",
                         help="Create or update .venv-webui and exit (e.g. to prepare a machine).")
