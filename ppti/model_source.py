@@ -629,7 +629,9 @@ def write_component(out: Path, name: str, state: dict[str, Ref], config: dict, t
 # ------------------------------------------------------------------------------------------------ tokenizers
 def _tokenizer_from_json(src: Path, dst: Path) -> None:
     """vocab.json + merges.txt from a fast tokenizer's tokenizer.json (transformers 5 saves only that)."""
-    data = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    from .models import read_json
+
+    data = read_json(src / "tokenizer.json", "tokenizer")
     model = data.get("model") or {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise ModelError(f"{src / 'tokenizer.json'}: not a BPE (CLIP) tokenizer")
@@ -656,9 +658,11 @@ def copy_tokenizer(src: Path, dst: Path, pad_token: Optional[str] = None) -> Non
         _tokenizer_from_json(src, dst)
     else:
         raise ModelError(f"{src}: not a CLIP tokenizer folder (no vocab.json + merges.txt or tokenizer.json)")
+    from .models import read_json
+
     config = {}
     if (src / "tokenizer_config.json").is_file():
-        config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config = read_json(src / "tokenizer_config.json", "tokenizer")
     config = {k: v for k, v in config.items() if k in _TOKENIZER_CONFIG_KEYS}
     config.setdefault("model_max_length", 77)
     config.setdefault("bos_token", "<|startoftext|>")
@@ -805,7 +809,10 @@ def folder_kind(model_dir: Path) -> str:
 
 
 def convert_diffusers_folder(model_dir: Path, out: Path) -> dict:
-    index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
+    from .models import read_json
+
+    flag = f"--pretrained_model_name_or_path {model_dir}"
+    index = read_json(model_dir / "model_index.json", flag)
     sdxl = "text_encoder_2" in index and bool((index.get("text_encoder_2") or [None])[0])
     parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if sdxl else [])
     for name in parts:
@@ -814,7 +821,7 @@ def convert_diffusers_folder(model_dir: Path, out: Path) -> dict:
         if file is None:
             raise ModelError(f"--pretrained_model_name_or_path {model_dir}: {name}/ has no weight file "
                              f"({' or '.join(_TORCH_WEIGHTS)})")
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = read_json(folder / "config.json", flag)
         weights = open_weights(file)
         try:
             if name.startswith("text_encoder"):
@@ -838,8 +845,8 @@ def convert_diffusers_folder(model_dir: Path, out: Path) -> dict:
             weights.close()
     for name in ["tokenizer"] + (["tokenizer_2"] if sdxl else []):
         copy_tokenizer(model_dir / name, out / name)
+    scheduler = read_json(model_dir / "scheduler" / "scheduler_config.json", flag)
     shutil.copytree(model_dir / "scheduler", out / "scheduler")
-    scheduler = json.loads(next((out / "scheduler").glob("*.json")).read_text(encoding="utf-8"))
     _write_json(out / "model_index.json", _model_index(sdxl, scheduler.get("_class_name", "PNDMScheduler")))
     return {"ema": False, "tokenizer": str(model_dir / "tokenizer")}
 

@@ -260,8 +260,8 @@ def check_all_weights_loaded(records: list[tuple[str, list[str], list[str]]], mo
     if problems:
         raise ModelError(
             f"--pretrained_model_name_or_path {model_dir}: the weights do not fully load, training would run on "
-            f"random weights: {'; '.join(problems)}. Re-save the model with ppdiffusers save_pretrained, or convert "
-            "a diffusers (PyTorch) folder with ppdiffusers from_pretrained(..., from_diffusers=True)"
+            f"random weights: {'; '.join(problems)}. Re-save the model with ppdiffusers save_pretrained, or pass the "
+            "original diffusers (PyTorch) folder or .safetensors/.ckpt file itself: ppti converts it (docs/models.md)"
         )
 
 

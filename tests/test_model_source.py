@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import zipfile
