@@ -142,6 +142,10 @@ def first_loss(model, out, tokenizer=None, cache=None) -> float:
     proc = run_entry(train_args(model, DEMO_IMAGES, out, **extra), timeout=600,
                      env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip().startswith("model ")]
+    assert len(summary) == 1 and str(model) in summary[0], summary  # the start-up summary says what was found
+    if str(model).endswith(".safetensors"):
+        assert "(single file: " in summary[0] and "float32 -> float32" in summary[0]
     return logged(out, "train/loss")[1]
 
 
