@@ -75,6 +75,8 @@ FLAG_FIELDS = {"--max_train_steps": "steps", "--learning_rate": "lr", "--num_vec
                "--train_batch_size": "batch-size", "--placeholder_token": "placeholder",
                "--initializer_token": "initializer", "--validation_prompt": "validation-prompt",
                "--pretrained_model_name_or_path": "model", "--train_data_dir": "data-dir"}
+# The page's own refusals, by the field name they start with -> the form field to mark.
+PREFIX_FIELDS = {"run name": "run-name", "image folder": "data-dir", "advanced YAML": "advanced", "model": "model"}
 
 
 def field_problems(lang: str, values: dict[str, Any]) -> dict[str, str]:
@@ -266,7 +268,7 @@ def guarded(fn: Callable, n_outputs: int, message_at: int = 0) -> Callable:
             message = shown_error(str(exc), lang)
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.exception("%s failed", fn.__name__)
-            message = "✘ " + html.escape(text("internal_error", lang, kind=type(exc).__name__))
+            message = shown_error(text("internal_error", lang, kind=type(exc).__name__), lang)
         outputs = [gr.skip()] * n_outputs
         outputs[message_at] = message
         return outputs[0] if n_outputs == 1 else tuple(outputs)
@@ -373,8 +375,9 @@ class Handlers:
                                       resolution, height, width, num_vectors, validation_prompt, validation_steps,
                                       advanced, run_name, batch_size)
         except (WorkspaceError, ToolFailed) as exc:  # (the trainer's refusal marks the field of the flag it names)
-            marked = {e: str(exc).removeprefix("error: ") for f, e in FLAG_FIELDS.items()
-                      if re.search(re.escape(f) + r"\b", str(exc))}
+            said = str(exc).removeprefix("error: ")
+            marked = {e: said for f, e in FLAG_FIELDS.items() if re.search(re.escape(f) + r"\b", said)}
+            marked.update({e: said for p, e in PREFIX_FIELDS.items() if said.startswith(p)})
             return (shown_error(str(exc), lang), gr.skip(), *field_updates(lang, TRAIN_FIELDS, marked))
         return (message, run, *field_updates(lang, TRAIN_FIELDS, {}))
 

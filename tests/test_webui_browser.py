@@ -244,7 +244,7 @@ def test_defaults_come_from_the_model_and_fit_the_machine(first_use):
     result, workspace, *_ = first_use
     assert result["defaults"] == {"resolution": "32", "batch-size": "4", "steps": "100", "lr": "0.005",
                                   "validation-steps": "50"}
-    assert result["memory"].startswith("Memory: about 0.6 GB of the ")
+    assert "Memory: about 0.6 GB of the " in result["memory"]
     assert "concept · Finished · step 100/100" in result["concept_status"]
     run = workspace / "runs" / "concept"
     assert json.loads((run / "webui" / "exit.json").read_text()) == {"returncode": 0}
@@ -394,6 +394,54 @@ def test_the_timer_never_changes_a_selected_run(tmp_path):
     assert ticks["picked_dropdown"]["choices"] == ["second", "first"] and "value" not in ticks["picked_dropdown"]
     assert ticks["empty_status"].startswith("**second** · Finished")
     assert ticks["empty_dropdown"]["value"] == "second"
+
+
+HANDLER_CHECK = """
+import json, sys
+from pathlib import Path
+from ppti_webui.app import Handlers, Page, build, guarded
+from ppti_webui.project import ProjectTools
+from ppti_webui.runs import Runs
+from ppti_webui.workspace import Workspace
+
+ws = Workspace(Path(sys.argv[1]))
+page = Page(ws, Runs(ws, sys.executable, Path.cwd()), ProjectTools(sys.executable, Path.cwd(), ws.root))
+build(page, "zh")
+h = Handlers(page)
+start = h.start_checked("en", None, "a\\0b", "", "object", "<x>", "toy", None, None, None, None, None, None, "",
+                        None, "", "run", None)
+generate = h.generate("en", None, None, "p\\0", "", None, None, None, None, None, None)
+broken = guarded(lambda lang: int(None), 1)("zh")
+print(json.dumps({"start": [start[0]] + [u.get("info") for u in start[2:]], "generate": [generate[1]],
+                  "broken": broken, "memory": h.memory("en", "", None, None, None, None)}, ensure_ascii=False))
+"""
+
+
+def test_handlers_answer_empty_and_nul_fields_without_raising(tmp_path):
+    """The page's handlers given what an emptied or forged form sends (None for every number, NUL in texts): each
+    field gets its message, nothing raises; a handler that breaks anyway is one line (in Chinese on a Chinese page)."""
+    from ppti_webui import venv
+
+    python = venv.ensure(REPO / "requirements-webui-test.txt")
+    done = subprocess.run([str(python), "-c", HANDLER_CHECK, str(tmp_path / "ws")], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    start = answers["start"]
+    assert start[0].startswith("✘ error: fix the field(s) marked below: …or a folder of images inside the workspace; "
+                               "Model")
+    infos = dict(zip(["data-dir", "model", "placeholder", "initializer", "steps", "lr", "num-vectors", "resolution",
+                      "height", "width", "batch-size", "validation-prompt", "validation-steps", "advanced",
+                      "run-name"], start[1:]))
+    assert infos["data-dir"] == "✘ contains a control character (such as NUL): type it again"
+    assert infos["model"] == "✘ empty: fill it in"
+    assert all(infos[e] == "✘ empty: give a number" for e in ("steps", "lr", "num-vectors", "resolution", "height",
+                                                               "width", "batch-size", "validation-steps"))
+    assert infos["placeholder"] == infos["run-name"] == ""
+    assert "Prompt" in answers["generate"][0] and "Seed" in answers["generate"][0]
+    assert answers["broken"] == "✘ 错误：页面出错（TypeError）；详情见启动页面的终端"
+    assert answers["memory"].startswith("Memory: no estimate")
+    assert "Traceback" in done.stderr  # (the broken handler's traceback goes to the page's terminal)
 
 
 def test_driver_failure_keeps_the_failed_step_in_view():
