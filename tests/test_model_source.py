@@ -330,3 +330,25 @@ def test_convert_model_tool_writes_a_folder_and_prints_the_command(forms, tokeni
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"--pretrained_model_name_or_path {out}" in proc.stdout and "SD-2.x" in proc.stdout
     assert_same_weights(paddle_weights(str(out), COMPONENTS["sd2"]), folder / "expected", COMPONENTS["sd2"])
+
+
+@needs_torch
+@pytest.mark.slow
+@pytest.mark.torch
+def test_generate_and_the_page_token_check_take_a_single_file(forms, tokenizer_dir, tmp_path, monkeypatch):
+    """No --tokenizer_name there: they reuse the conversion the trainer made (default cache)."""
+    from ppti.generate import load_pipeline
+    from ppti.preflight import check_placeholder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    single = forms("sdxl") / "single.safetensors"
+    trained_on = resolve(single, tokenizer_for("sdxl", forms("sdxl"), tokenizer_dir))  # what the trainer does
+    line = check_placeholder(str(single), "<new-tok>", "toy")
+    assert line.startswith("<new-tok>: 1 new token(s)") and "'toy' -> ['toy</w>']" in line, line
+    pipeline = load_pipeline(str(single))
+    assert type(pipeline).__name__ == "StableDiffusionXLPipeline"
+    expected = np.load(forms("sdxl") / "expected" / "text_encoder_2.npz")
+    key = "text_model.final_layer_norm.weight"
+    np.testing.assert_array_equal(pipeline.text_encoder_2.state_dict()[key].numpy(), expected[key])
+    assert [p.name for p in (tmp_path / "xdg" / "ppti" / "models").iterdir() if p.is_dir() and p.name != "by-source"] \
+        == [Path(trained_on.folder).name]  # converted once
