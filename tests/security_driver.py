@@ -141,6 +141,12 @@ def host_mode(args, result: dict) -> None:
                                   for h in (f"localhost:{args.port}", f"[::1]:{args.port}", "127.0.0.1")}
         result["foreign_file_body"] = request("GET", f"/gradio_api/file={probe}", args.port,
                                               host=f"{FOREIGN}:{args.port}")[1].decode()
+        # what already held: only runs/ is served, and nothing leads out of it
+        (workspace / "runs" / "link.txt").symlink_to("/etc/passwd")
+        escapes = {"passwd": "/etc/passwd", "symlink": str(workspace / "runs" / "link.txt"),
+                   "dotdot": f"{workspace / 'runs'}/../../../../etc/passwd", "workspace": str(workspace)}
+        result["escapes"] = {name: request("GET", f"/gradio_api/file={path}", args.port)[0]
+                             for name, path in escapes.items()}
 
         # -- another site's page posting a file (CSRF: multipart needs no CORS preflight) ------------------------
         dropped = f"dropped-by-another-site-{uuid.uuid4().hex}".encode()

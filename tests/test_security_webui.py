@@ -242,6 +242,7 @@ def test_a_foreign_host_gets_403_for_page_api_and_files(host_session):
     assert result["served"] == {"page": 200, "config": 200, "api_info": 200, "upload": 400, "call": 422,
                                 "file": 200}
     assert set(result["served_names"].values()) == {200}
+    assert result["escapes"] == {"passwd": 403, "symlink": 403, "dotdot": 403, "workspace": 403}  # (held before)
     # another site's page posting a file: refused, nothing written; the page's own origin may
     assert result["cross_site_upload"] == 403 and result["cross_site_files"] == []
     assert result["same_site_upload"] == 200
