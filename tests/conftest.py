@@ -14,6 +14,14 @@ DEMO_IMAGES = REPO / "examples" / "demo_concept"
 ENTRY = REPO / "train_textual_inversion.py"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tiers' markers (slow, browser, torch, multiproc, builds), from tests/tiers.py."""
+    from tiers import markers_of
+
+    for item in items:
+        for name in sorted(markers_of(item.path.name, getattr(item, "originalname", item.name))):
+            item.add_marker(name)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_en(tmp_path_factory) -> Path:
