@@ -120,3 +120,15 @@ def test_the_page_imports_runfiles():
     sources = "".join((REPO / "ppti_webui" / name).read_text(encoding="utf-8")
                       for name in ("evaluation.py", "workspace.py"))
     assert "from ppti.runfiles import" in sources or "from ppti import runfiles" in sources
+
+
+def test_the_pages_own_environment_imports_runfiles_without_paddle():
+    """.venv-webui (built by tools/webui.py: Gradio, then this project with --no-deps) has no Paddle, and the page's
+    modules import ppti.runfiles there."""
+    from ppti_webui import venv
+
+    python = venv.ensure(REPO / "requirements-webui.txt")
+    code = ("import importlib.util, ppti.runfiles, ppti_webui.evaluation, ppti_webui.workspace; "
+            "print(importlib.util.find_spec('paddle'), ppti_webui.evaluation.runfiles is ppti.runfiles)")
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["None", "True"], done.stderr[-2000:]

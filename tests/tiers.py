@@ -53,6 +53,7 @@ BY_TEST = {
     "builds": (
         "test_world.py::test_make_toy_world_is_deterministic_per_seed",
         "test_tiny.py::test_same_seed_same_bytes_other_seed_other_weights",
+        "test_runfiles.py::test_the_pages_own_environment_imports_runfiles_without_paddle",
     ),
     "slow": (
         "test_chinese.py::test_refused_placeholder_through_the_entry_point_is_one_line",
