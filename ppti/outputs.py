@@ -14,8 +14,6 @@ from .config import ConfigError, TrainConfig, _looks_like_hub_id, to_yaml
 from .embeddings import write_embeddings
 from .runfiles import (CHECKPOINTS_DIR, CONCEPT_FILE, CONFIG_FILE, EMBEDDINGS_STEM, SAVED_SUFFIXES, TOKEN_FILE,
                        VALIDATION_DIR, embeddings_name)
-from .runfiles import (CHECKPOINTS_DIR, CONCEPT_FILE, CONFIG_FILE, EMBEDDINGS_STEM, SAVED_SUFFIXES, TOKEN_FILE,
-                       VALIDATION_DIR, embeddings_name)
 
 log = logging.getLogger("ppti")
 
