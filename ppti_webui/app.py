@@ -24,7 +24,7 @@ import yaml
 from ppti import runfiles
 
 from .defaults import available_bytes, form_defaults, memory_verdict, model_choices, model_facts, shipped_model
-from .evaluation import COLUMNS, EVALUATE_TIMEOUT, evaluate_args, read_evaluation, scores_frame
+from .evaluation import EVALUATE_TIMEOUT, evaluate_args, read_evaluation, scores_frame
 from .i18n import LANGUAGES, text
 from . import security
 from .project import ProjectTools, ToolFailed
@@ -438,7 +438,12 @@ class Handlers:
         if not target:
             raise WorkspaceError(text("pick_run", lang).removeprefix("error: "))
         state = self.runs.stop(target)
-        return text("stopping", lang, name=state.name)
+        advanced = state.run_dir / "webui" / "advanced.yaml"
+        try:
+            every = (yaml.safe_load(advanced.read_text(encoding="utf-8")) or {}).get("checkpointing_steps", 1)
+        except (OSError, yaml.YAMLError, AttributeError):
+            every = 1
+        return text("stopping" if every else "stopping_no_resume", lang, name=state.name)
 
     def run_names(self) -> list[str]:
         return [d.name for d in self.ws.run_dirs()]
@@ -657,7 +662,7 @@ def build(page: Page, lang: str = "en") -> gr.Blocks:
                                              elem_id="loss", height=220), "loss", lang)
                         L(loss, "axis_step", lang, "x_title")
                         L(loss, "axis_loss", lang, "y_title")
-                        log_box = L(gr.Textbox(label=text("log_tail", lang), lines=8, max_lines=15,
+                        log_box = L(gr.Textbox(label=text("log_tail", lang), lines=12, max_lines=30,
                                                interactive=False, visible=False, elem_id="log-tail"),
                                     "log_tail", lang)
                         grid = L(gr.Image(label=text("grid", lang), type="filepath", interactive=False, height=300,

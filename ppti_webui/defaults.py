@@ -40,7 +40,6 @@ class ModelFacts:
     path: Path
     sample_size: int  # the image side the model was trained at (UNet sample size x the VAE's downsampling)
     channels: int  # the UNet's first block width
-    attention_width: int  # the widest cross-attention dimension
     weights_bytes: int
     sdxl: bool
 
@@ -112,12 +111,10 @@ def model_facts(folder: Path) -> Optional[ModelFacts]:
         sample = int(unet.get("sample_size") or 64)
         down = 2 ** (len(vae.get("block_out_channels") or [0, 0, 0, 0]) - 1)
         channels = int((unet.get("block_out_channels") or [320])[0])
-        attention = int(unet.get("cross_attention_dim") or 768)
     except (TypeError, ValueError):
         return None
     index = _json(folder / "model_index.json")
-    return ModelFacts(folder, sample * down, channels, attention if not isinstance(attention, list) else 768,
-                      sum(_folder_bytes(folder / c) for c in COMPONENTS),
+    return ModelFacts(folder, sample * down, channels, sum(_folder_bytes(folder / c) for c in COMPONENTS),
                       "XL" in str(index.get("_class_name", "")))
 
 

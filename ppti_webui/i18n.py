@@ -140,6 +140,9 @@ TEXT: dict[str, tuple[str, str]] = {
     "step_of": ("step {step}/{total}", "第 {step}/{total} 步"),
     "saved": ("saved {path}", "已保存 {path}"),
     "started": ("Started run {name}.", "已开始训练任务 {name}。"),
+    "stopping_no_resume": ("Stop sent to {name}: it saves after the current step (checkpointing_steps is 0: no "
+                           "checkpoint, so it cannot be resumed).",
+                           "已向 {name} 发送停止：当前步完成后保存（checkpointing_steps 为 0：没有检查点，无法继续训练）。"),
     "stopping": ("Stop sent to {name}: it saves after the current step; then press Resume to continue {name}.",
                  "已向 {name} 发送停止：当前步完成后保存；之后点击“继续训练”可接着训练 {name}。"),
     "exported": ("Exported {path}", "已导出 {path}"),

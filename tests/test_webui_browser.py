@@ -170,6 +170,7 @@ def test_killed_page_leaves_the_run_going_and_the_restarted_page_shows_it(sessio
     run = workspace / "runs" / "second"
     assert json.loads((run / "webui" / "exit.json").read_text()) == {"returncode": 130}  # Stop = SIGINT
     assert "second · Stopped" in result["second_status"]
+    assert "checkpointing_steps is 0: no checkpoint, so it cannot be resumed" in result["stop_message"]
     assert "saved learned_embeds.pdparams" in result["second_status"]
     (embedding,) = read_embeddings(run / "learned_embeds.pdparams")
     assert embedding.token == TOKEN and np.isfinite(embedding.vectors).all()
@@ -324,7 +325,7 @@ def english_words() -> set[str]:
     WebUI appear in both and are not English words to translate)."""
     from ppti_webui.i18n import TEXT
 
-    words = lambda s: {w.lower() for w in re.findall(r"[A-Za-z]{3,}", re.sub(r"\{[a-z_]+\}", "", s))}
+    words = lambda s: {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z_]{2,}", re.sub(r"\{[a-z_]+\}", "", s))}
     english = set().union(*(words(en) for en, _ in TEXT.values()))
     return english - set().union(*(words(zh) for _, zh in TEXT.values()))
 
@@ -335,7 +336,7 @@ def test_the_chinese_page_has_no_english_words_left(first_use):
     result, *_ = first_use
     english = english_words()
     assert {"training", "steps", "resolution", "style", "memory"} <= english
-    left = {tab: [t for t in texts if {w.lower() for w in re.findall(r"[A-Za-z]{3,}", t)} & english]
+    left = {tab: [t for t in texts if {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z_]{2,}", t)} & english]
             for tab, texts in result["zh_texts"].items()}
     assert all(texts for texts in result["zh_texts"].values())
     assert left == {"train": [], "compare": [], "generate": [], "export": []}
