@@ -21,9 +21,11 @@ import numpy as np
 
 from .captions import Caption, PromptTable, listing, prompt_table
 from .config import ConfigError, TrainConfig
-from .models import Components, ModelError, detect_language, load_text_side, prompt_max_length, tokenize_fn
+from .models import (Components, ModelError, TextSide, detect_language, load_text_side, prompt_max_length,
+                     tokenize_fn)
 from .templates import parse_template_file, templates_for
-from .tokens import TokenError, check_prompts_contain, placeholder_count_problems, unknown_token_templates
+from .tokens import (TokenError, add_placeholder_tokens, check_prompts_contain, clone_tokenizer, initializer_ids,
+                     placeholder_count_problems, unknown_token_templates)
 
 log = logging.getLogger("ppti")
 
@@ -48,12 +50,30 @@ def choose_templates(config: TrainConfig, language: str) -> tuple[list[str], str
     return templates, f"--templates {config.templates}"
 
 
-def check_prompt_room(config: TrainConfig) -> None:
+def check_before_loading(config: TrainConfig) -> None:
+    """Refuse a placeholder, an initializer or a --num_vectors the model cannot take, from its tokenizer alone
+    (before any weight loads), by the rules build_conditioning and build_prompts apply once the models are there."""
+    side = load_text_side(config.pretrained_model_name_or_path, config.tokenizer_name)
+    if side is None:  # a Hub id: checked once the model is downloaded
+        return
+    tokenizer = clone_tokenizer(side.tokenizer)  # (the trial tokens must not stay in the tokenizer)
+    add_placeholder_tokens(tokenizer, config.placeholder_tokens())
+    tokens_log = logging.getLogger(initializer_ids.__module__)
+    level = tokens_log.level
+    tokens_log.setLevel(logging.ERROR)  # its pieces and warnings are logged once, when the rows are initialised
+    try:
+        initializer_ids(tokenizer, config.initializer_token)
+    finally:
+        tokens_log.setLevel(level)
+    check_prompt_room(config, side)
+
+
+def check_prompt_room(config: TrainConfig, side: Optional[TextSide] = None) -> None:
     """Refuse a --num_vectors the prompts cannot hold, from the model's tokenizer alone (before any weight loads):
     each template, with every vector one token, must fit the model's prompt length."""
     if config.caption_source != "templates":  # captions are read with the images: build_prompts checks them
         return
-    side = load_text_side(config.pretrained_model_name_or_path, config.tokenizer_name)
+    side = side or load_text_side(config.pretrained_model_name_or_path, config.tokenizer_name)
     if side is None:  # a Hub id: build_prompts checks every prompt once the model is downloaded
         return
     language, _ = detect_language(config.language, side, config.pretrained_model_name_or_path)

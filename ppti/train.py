@@ -34,7 +34,7 @@ from .latents import latent_shape, latent_source, release_vae, vae_needed_after_
 from .model_source import resolve_for_config
 from .models import Components, load_components
 from .precision import Precision, cast_vae_for_decoding, prepare_frozen_models, resolve_precision
-from .prompts import build_prompts, check_prompt_room, ids_per_encoder
+from .prompts import build_prompts, check_before_loading, ids_per_encoder
 from .reporting import NullReporter, Reporter, format_summary, progress_bar
 from .runfiles import VALIDATION_DIR, embeddings_name
 from .tokens import PlaceholderEmbedding
@@ -163,7 +163,7 @@ def setup(config: TrainConfig, ctx: DistContext, components: Optional[Components
     source = resolve_for_config(config)
     loading = dataclasses.replace(config, pretrained_model_name_or_path=source.folder,
                                   tokenizer_name=source.tokenizer_name)
-    check_prompt_room(loading)  # --num_vectors against the prompt length, from the tokenizer alone
+    check_before_loading(loading)  # placeholder, initializer and --num_vectors, from the tokenizer alone
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     paddle.seed(seed + ctx.rank)
 

@@ -578,9 +578,6 @@ TOKENIZER_CASES = {
 }
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, ModelLoaded),
-                   reason="known gap (issue 30 note): token problems are found only when the tokens are added, after "
-                          "every weight has loaded; the page checks them from the tokenizer alone")
 @pytest.mark.parametrize("case", TOKENIZER_CASES)
 def test_trainer_refuses_token_problems_before_the_weights_load(case, tiny_model_en, demo_images, tmp_path, capsys,
                                                                 no_weights):
