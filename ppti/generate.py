@@ -173,14 +173,40 @@ def render_sweep(pipeline, settings: RenderSettings, steps: Sequence[tuple[int, 
     return image_grid(rows)
 
 
-def load_pipeline(model: str, dtype: str = "float32"):
+MODEL_OPTIONS = ("tokenizer_name", "model_cache_dir", "use_ema", "prediction_type")
+
+
+def run_model_options(paths: Sequence[Path], model: str) -> dict:
+    """The model-source flags (--tokenizer_name, --model_cache_dir, --use_ema, --prediction_type) of the training
+    run the first of `paths` belongs to, when that run trained on `model`; else {} (model_source's defaults)."""
+    import yaml
+
+    for path in map(Path, paths):
+        for folder in (path, path.parent):
+            config = folder / CONFIG_FILE
+            if folder.is_dir() and config.is_file():
+                try:
+                    saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+                except (yaml.YAMLError, ValueError):
+                    return {}  # (run_dtype reports an unreadable file)
+                trained_on = saved.get("pretrained_model_name_or_path") if isinstance(saved, dict) else None
+                if not trained_on or Path(str(trained_on)).expanduser().resolve() != Path(model).expanduser().resolve():
+                    return {}
+                return {k: saved[k] for k in MODEL_OPTIONS if saved.get(k) is not None}
+    return {}
+
+
+def load_pipeline(model: str, dtype: str = "float32", options: Optional[dict] = None):
     """The model's pipeline, every weight verified (ModelError names the problem), with the UNet and VAE in
-    `dtype` and the text encoder in float32 -- the precisions the trainer's validation renders with."""
+    `dtype` and the text encoder in float32 -- the precisions the trainer's validation renders with. `options`:
+    run_model_options, so a diffusers folder or single file resolves to the conversion the run trained on."""
     from .model_source import resolve_model
     from .models import load_components
     from .precision import cast_for_rendering
 
-    source = resolve_model(model)  # a diffusers folder / single file: converted once (the trainer's conversion)
+    options = options or {}
+    source = resolve_model(model, options.get("tokenizer_name"), options.get("model_cache_dir"),
+                           bool(options.get("use_ema")), options.get("prediction_type"))  # (converted once)
     pipeline = load_components(source.folder, source.tokenizer_name).pipeline
     cast_for_rendering(pipeline, dtype)
     return pipeline

@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> tuple[Path, int]:
     """Render and write the grid; returns (PNG path, seed of the first image)."""
     from ppti.atomic import atomic_path
     from ppti.generate import (
-        GenerateError, RenderSettings, load_into, load_pipeline, read_embedding_args, render_row, render_sweep, run_dtype, step_files,
-        warn_unused_tokens,
+        GenerateError, RenderSettings, load_into, load_pipeline, read_embedding_args, render_row, render_sweep,
+        run_dtype, run_model_options, step_files, warn_unused_tokens,
     )
     from ppti.precision import DTYPES, device_problem
     from ppti.reporting import setup_console
@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> tuple[Path, int]:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     settings = RenderSettings(args.prompt, args.negative_prompt, args.num_images, seed, args.num_inference_steps,
                               args.guidance_scale, args.height, args.width)
-    pipeline = load_pipeline(args.model, DTYPES.get(dtype, "float32"))
+    options = run_model_options([*args.embeddings, *([args.steps_sweep] if args.steps_sweep else [])], args.model)
+    pipeline = load_pipeline(args.model, DTYPES.get(dtype, "float32"), options)  # (the run's model-source flags)
     load_into(pipeline, embeddings)
     warn_unused_tokens(args.prompt, list(dict.fromkeys(e.token for e in embeddings)))
     if steps:
