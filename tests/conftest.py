@@ -15,12 +15,15 @@ ENTRY = REPO / "train_textual_inversion.py"
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tiers' markers (slow, browser, torch, multiproc, builds), from tests/tiers.py."""
-    from tiers import markers_of
+    """The tiers' markers (slow, browser, torch, multiproc, builds) from tests/tiers.py; a test marked browser,
+    torch, multiproc or builds in its own file is slow too."""
+    from tiers import IMPLY_SLOW, markers_of
 
     for item in items:
         for name in sorted(markers_of(item.path.name, getattr(item, "originalname", item.name))):
             item.add_marker(name)
+        if any(item.get_closest_marker(name) for name in IMPLY_SLOW) and not item.get_closest_marker("slow"):
+            item.add_marker("slow")
 
 
 @pytest.fixture(scope="session")

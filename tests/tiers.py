@@ -6,9 +6,10 @@
 
 Markers (registered in pyproject.toml): `browser` drives the web page in Chromium, `torch` runs PyTorch/diffusers from
 .venv-torch, `multiproc` launches several training processes, `builds` builds a model world or an environment; each
-of them implies `slow`. Plain `slow` marks tests that took 5 s or more in a full run on this project's 2-core
-machine (measured with --durations=0; see the PKG note of issue 25), except the one main-path test each module keeps
-in the quick tier (tests/test_tiers.py checks that every test file keeps one, and that every name here exists).
+of them implies `slow`. Plain `slow` marks tests that took 5 s or more in a full run, or 2 s or more in a quick-tier
+run, on this project's 2-core machine (measured with --durations=0 while other test runs shared it; see the PKG note
+of issue 25), except the main-path tests each module keeps in the quick tier (listed at the end; tests/test_tiers.py
+checks that every test file keeps one, and that every name here exists).
 
 Entries are `file` (every test in it) or `file::function` (every parameter of it).
 """
@@ -120,16 +121,66 @@ BY_TEST = {
         "test_world.py::test_training_on_the_chinese_world_teaches_a_style",
         "test_world.py::test_training_on_the_world_teaches_an_object",
         "test_world.py::test_training_on_the_world_teaches_the_concept",
+        # took 2-5 s in a quick-tier run under load (13:23, load average 6 on 2 cores): out of the 4-minute tier
+        "test_buckets.py::test_bucketed_cache_gives_each_variant_its_own_vae_posterior",
+        "test_buckets.py::test_resume_with_buckets_and_captions_is_bitwise",
+        "test_captions.py::test_both_mixes_templates_and_captions_and_fills_caption_templates",
+        "test_captions.py::test_chinese_captions_become_each_images_prompt",
+        "test_captions.py::test_long_captions_are_reported_by_file_and_a_cut_placeholder_refused",
+        "test_checkpoint.py::test_checkpoint_describes_its_run",
+        "test_checkpoint.py::test_checkpoints_total_limit_keeps_the_newest",
+        "test_checkpoint.py::test_crash_during_a_checkpoint_save_keeps_the_previous_checkpoints",
+        "test_checkpoint.py::test_ctrl_c_mid_run_saves_the_current_step_and_resume_matches_an_uninterrupted_run",
+        "test_checkpoint.py::test_incompatible_resume_is_refused_before_any_model_loads",
+        "test_checkpoint.py::test_latest_with_no_checkpoint_starts_from_step_zero",
+        "test_checkpoint.py::test_non_finite_step_stops_and_keeps_the_last_good_embedding",
+        "test_checkpoint.py::test_refusal_through_the_entry_point_is_one_error_with_exit_code_2",
+        "test_checkpoint.py::test_resume_latest_continues_from_step_6_to_8_and_changed_length_is_allowed",
+        "test_checkpoint.py::test_resumed_run_is_bitwise_identical_to_an_uninterrupted_one",
+        "test_chinese.py::test_chinese_initializer_rows_are_the_mean_of_its_characters",
+        "test_chinese.py::test_clip_model_name_heuristics_are_the_fallback",
+        "test_chinese.py::test_language_comes_from_the_text_encoder",
+        "test_chinese.py::test_name_heuristics_read_the_models_own_folder_name",
+        "test_chinese.py::test_placeholder_stays_one_token_per_vector_in_real_sentences",
+        "test_chinese.py::test_prompt_length_follows_the_tokenizer_within_the_text_encoders_positions",
+        "test_chinese.py::test_saved_embedding_loads_into_the_matching_pipeline_and_changes_the_prompt",
+        "test_chinese.py::test_training_prompts_are_tokenized_exactly_as_the_inference_pipeline_does",
+        "test_chinese.py::test_xlmr_tokenizer_configs_that_crash_paddlenlp_still_load",
+        "test_convert.py::test_printed_ppdiffusers_call_loads_the_embedding",
+        "test_convert.py::test_refuses_bad_command_lines",
+        "test_determinism.py::test_nearest_upsample_equals_interpolate_forward_and_backward_bit_for_bit",
+        "test_determinism.py::test_selfcheck_repeatability_is_bit_identical_on_this_cpu_and_reports_the_largest_difference",
+        "test_determinism.py::test_the_gpu_check_script_runs_its_checks_on_the_cpu_in_a_dry_run",
+        "test_embeddings.py::test_ppdiffusers_load_textual_inversion_reads_pdparams",
+        "test_full_disk.py::test_a_run_on_a_full_disk_ends_with_one_line",
+        "test_generate.py::test_bad_arguments_are_one_line_errors_with_exit_code_2",
+        "test_hostile_inputs.py::test_overwrite_keeps_the_new_runs_own_log_file",
+        "test_hostile_inputs.py::test_overwrite_output_dir_removes_the_earlier_run_so_nothing_mixes",
+        "test_hostile_inputs.py::test_resume_into_the_same_folder_with_the_same_command_still_continues",
+        "test_hostile_inputs.py::test_row_corrupt_checkpoint_marker",
+        "test_hostile_inputs.py::test_row_num_vectors_at_the_maximum_trains_every_vector",
+        "test_mixed_precision.py::test_one_collective_and_one_host_read_per_optimizer_step",
+        "test_mixed_precision.py::test_the_loss_scaler_state_resumes_exactly",
+        "test_mixed_precision.py::test_twenty_skipped_steps_in_a_row_end_the_run_with_the_last_good_embedding",
+        "test_mixed_precision.py::test_unet_in_another_dtype_trains_fp32_rows_through_an_fp32_text_encoder",
+        "test_precision.py::test_gradient_checkpointing_recomputes_and_trains_the_same_embedding",
+        "test_precision.py::test_kernel_problem_says_no_exactly_where_the_trainer_cannot_train",
+        "test_tiny.py::test_diffusion_pipeline_resolves_the_class_from_model_index",
+        "test_train.py::test_noise_offset_adds_one_draw_per_example_and_channel_to_the_noise",
+        "test_webui.py::test_check_config_refuses_a_caption_extension_and_control_characters_before_loading",
     ),
 }
-# Kept in the quick tier on purpose although they took 5 s or more: each is its module's main path.
-#   test_train.py::test_gradient_clipping_uses_the_trained_rows_norm   a short training run, rows saved
+# Kept in the quick tier on purpose although they take seconds: each is a module's main path.
+#   test_train.py::test_gradient_clipping_limits_the_update_to_max_grad_norm   a short training run
+#   test_checkpoint.py::test_sigterm_saves_embedding_and_checkpoint_of_the_current_step   a checkpoint written
+#   test_captions.py::test_captions_train_end_to_end_from_metadata_jsonl   captions through a run
 #   test_evaluation.py::test_evaluate_scores_every_saved_step_with_one_pipeline_load   tools/evaluate.py's job
-#   test_generate.py::test_bad_arguments_are_one_line_errors_with_exit_code_2   the tool's parser and refusals
+#   test_generate.py::test_several_embeddings_load_together   a grid rendered with loaded embeddings
 #   test_sdxl.py::test_sdxl_demo_config_end_to_end   SDXL training through the entry point
 #   test_selfcheck.py::test_a_failing_precision_run_is_a_failed_check_and_a_non_zero_exit   the self-check's run
-#   test_tiny.py::test_pipeline_loads_every_weight, test_layout_is_what_a_real_download_has   tiny model builds
-#   test_webui_browser.py::test_the_timer_never_changes_a_selected_run   (browser: out anyway)
+#   test_determinism.py::test_only_the_unets_upsampling_is_replaced_and_a_training_step_gives_the_same_bits
+#   test_tiny.py::test_pipeline_loads_every_weight, test_validation.py::test_images_depend_only_on_the_seed
+#   test_help.py, test_docs_commands.py, test_packaging.py: every command's --help and every documented command
 
 
 def markers_of(file: str, function: str) -> set[str]:
