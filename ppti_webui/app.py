@@ -319,7 +319,9 @@ class Handlers:
         key, values = memory_verdict(self.facts(model), h, w, int(batch or 0), available_bytes())
         return text(key, lang, **values)
 
-    def check_tokens(self, model: str, placeholder: str, initializer: str, num_vectors: float) -> str:
+    def check_tokens(self, lang: str, model: str, placeholder: str, initializer: str, num_vectors: float) -> str:
+        """The trainer's answer for the placeholder and initializer with this model (in Chinese after a Chinese
+        lead-in: the tool answers in English)."""
         if not (model or "").strip() or not (placeholder or "").strip() or not (initializer or "").strip():
             return ""
         if any(has_control_characters(v) for v in (model, placeholder, initializer)):
@@ -327,10 +329,12 @@ class Handlers:
         try:
             model_arg = self.model_arg(model)
         except WorkspaceError as exc:
-            return f"✘ error: {html.escape(str(exc))}"
+            return shown_error(str(exc), lang)
         vectors = num_vectors if isinstance(num_vectors, (int, float)) and num_vectors >= 1 else 1
         ok, message = self.tools.check(placeholder_question(model_arg, placeholder, initializer, vectors))
-        return ("✔ " if ok else "✘ ") + html.escape(message)
+        if not ok:
+            return shown_error(message, lang)
+        return "✔ " + html.escape(message if lang == "en" else text("tool_said", lang, message=message))
 
     def sort_images(self, lang, files):
         """An upload judged file by file: the images within the limits stay in the box, each other file is named
@@ -743,8 +747,8 @@ def build(page: Page, lang: str = "en") -> gr.Blocks:
         language.change(page.relabel, inputs=language, outputs=page.components())
         language.change(lambda _: ("", "", ""), inputs=language, outputs=[action, upload_message, gen_message])
         check_inputs = [model, placeholder, initializer, num_vectors]
-        for box in check_inputs:
-            box.change(guarded(h.check_tokens, 1), inputs=check_inputs, outputs=token_check,
+        for box in (*check_inputs, language):
+            box.change(guarded(h.check_tokens, 1), inputs=[language, *check_inputs], outputs=token_check,
                        trigger_mode="always_last", show_progress="hidden")
         model.change(guarded(h.model_defaults, 6, 5), inputs=[language, model],
                      outputs=[resolution, batch_size, steps, lr, validation_steps, memory], show_progress="hidden")
