@@ -58,8 +58,8 @@ def forms(tmp_path_factory, tokenizer_dir):
                                   capture_output=True, text=True, timeout=900)
             assert proc.returncode == 0, proc.stderr[-3000:]
             checked = [line for line in proc.stdout.splitlines() if "every tensor equal" in line]
-            # every single file read back by diffusers (the SD-1 .ckpt has the old text-encoder layout, which
-            # diffusers' from_single_file reads only with configs from the hub)
+            # every single file read back by diffusers (the SD-1 .ckpt has the old text-encoder layout without
+            # `text_model.`, which diffusers 0.42's from_single_file refuses: "weights ... appear to be missing")
             assert len(checked) == (2 if arch == "sd1" else 3), proc.stdout
             built[arch] = out
         return built[arch]

@@ -329,7 +329,7 @@ def main():
     ckpt["model_ema.decay"], ckpt["model_ema.num_updates"] = torch.tensor(0.9999), torch.tensor(1000)
     torch.save({"state_dict": ckpt, "global_step": 1000, "epoch": 3}, out / "single.ckpt")
     files = [(out / "single.safetensors", 0.0), (out / "single-fp16.safetensors", 1e-2)]
-    if ARCH != "sd1":  # (the SD-1 .ckpt has the old text-encoder layout, which diffusers reads only via hub configs)
+    if ARCH != "sd1":  # (the SD-1 .ckpt has the old text-encoder layout, which diffusers 0.42 refuses to read)
         files.append((out / "single.ckpt", 0.0))
     check_from_single_file(out, parts, files)
     print(json.dumps({"arch": ARCH, "unet": dict(parts["unet"].config)}, default=str)[:200])
