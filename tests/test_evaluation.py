@@ -96,12 +96,12 @@ def test_eval_loss_after_resume_equals_the_uninterrupted_run(run_dir, tiny_model
     assert logged(resumed, "eval/loss") == {3: whole[3], 4: whole[4]}
 
 
-def test_early_stopping_stops_saves_the_embedding_and_says_why(tiny_model_en, demo_images, tmp_path, capsys):
+def test_early_stopping_stops_saves_the_embedding_and_says_why(tiny_model_en, demo_images, tmp_path, ppti_log):
     out = tmp_path / "early"
     train(parse_config(train_args(tiny_model_en, demo_images, out, max_train_steps=20, eval_steps=2,
                                   early_stopping=True, early_stopping_window=2, early_stopping_threshold=0.5,
                                   save_steps=100)), DistContext())
-    console = capsys.readouterr().err  # (the ppti logger writes to the console, not through logging's root)
+    console = ppti_log.text  # (the library logs; the entry point, not train(), sets up the console)
     assert "--early_stopping: eval/loss has converged: its last 2 values (steps 2-4)" in console
     assert "stopping at step 4 of 20" in console
     assert np.array_equal(rows_of(out / "learned_embeds.pdparams"), rows_of(out / "learned_embeds-steps-4.pdparams"))
