@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Iterator

@@ -123,7 +123,7 @@ def test_placeholder_written_twice_is_refused_naming_the_file(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     ({"caption_template": "a photo of {}"}, "needs {caption} exactly once"),
     ({"caption_source": "files", "caption_template": "{} {} {caption}"}, "more than one {}"),
-    ({"caption_source": "files", "caption_extension": "txt"}, "must start with a dot"),
+    ({"caption_source": "files", "caption_extension": "txt"}, "must be a file extension: a dot, then letters"),
 ])
 def test_bad_caption_flags_are_refused_before_loading(tmp_path, flags, message):
     with pytest.raises(ConfigError, match=message):
