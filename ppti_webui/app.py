@@ -600,7 +600,10 @@ def build(page: Page, lang: str = "en") -> gr.Blocks:
             language = gr.Radio([("English", "en"), ("中文", "zh")], value=lang, label=text("language", lang),
                                 elem_id="language", scale=1)
             run = L(gr.Dropdown(choices=h.run_names(), value=None, label=text("run", lang), elem_id="run",
-                                allow_custom_value=False, scale=3), "run", lang)
+                                # (True: a timer answer sent before Start can still carry the old choices
+                                # when it arrives; Gradio would then refuse the new run's name in every event.
+                                # Handlers check the name against the workspace themselves.)
+                                allow_custom_value=True, scale=3), "run", lang)
         shown = gr.State(None)
         with gr.Tabs():
             with L(gr.Tab(text("tab_train", lang), id="train", elem_id="tab-train"), "tab_train", lang):

@@ -313,6 +313,14 @@ def test_a_run_killed_by_the_system_says_out_of_memory_and_shows_the_log(first_u
     assert "Train steps:" in result["log_tail"] and "Running training" in result["log_tail"]
 
 
+def test_a_failed_push_to_hub_shows_as_failed(first_use):
+    """The run finished, its upload did not: the page says both (before: only "Finished")."""
+    result, *_ = first_use
+    assert "push · Finished" in result["push_status"]
+    assert ("✘ the upload to the Hub failed (the results are kept in the run's folder): --push_to_hub: upload to "
+            "ppti-test/web-push failed") in result["push_status"]
+
+
 def test_an_oversize_file_is_refused_alone_and_the_others_kept(first_use):
     result, workspace, *_ = first_use
     assert "Kept 4 image(s); refused: big.png is 25.0 MiB; the limit is 20 MiB per image" in result["upload_message"]

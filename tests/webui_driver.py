@@ -301,6 +301,17 @@ def drive_first_use(args, server: PageProcess, out: Path, images: list[str], res
         result["resumed_status"] = wait_text(page, "status", "long · Finished", timeout=TRAIN_TIMEOUT_MS)
         log(f"resumed: {result['resumed_status']!r}")
 
+        # -- a run whose --push_to_hub upload fails (no Hub login here, and no network in CI) -----------------------
+        fill(page, "placeholder", "<my-push>")
+        fill(page, "steps", 2)
+        fill(page, "run-name", "push")
+        fill(page, "advanced", "push_to_hub: true\nhub_model_id: ppti-test/web-push")
+        page.click("#start")
+        wait_text(page, "action", "push", timeout=120_000)
+        wait_text(page, "status", "push · Finished", timeout=TRAIN_TIMEOUT_MS)
+        result["push_status"] = wait_text(page, "status", "the upload to the Hub failed", timeout=30_000)
+        fill(page, "advanced", "")
+
         # -- a run the system kills (SIGKILL, as the out-of-memory killer does) -----------------------------------
         fill(page, "placeholder", "<my-oom>")
         fill(page, "steps", 100_000)
