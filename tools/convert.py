@@ -15,21 +15,13 @@ from pathlib import Path
 
 from ppti.embeddings import WRITE_DTYPES, EmbeddingFormatError, read_embeddings
 from ppti.embeddings.convert import TARGETS, TORCH_FORMATS, convert, describe, resolve_input
+from ppti.tool_cli import tool_parser
 
 PROG = "convert.py"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        """One line on stderr and exit code 2, like every other refusal of this tool."""
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser = tool_parser(PROG, __doc__)
     parser.add_argument("input", nargs="?", type=Path, metavar="INPUT",
                         help="An embedding file, or a training output_dir (its learned_embeds.pdparams).")
     parser.add_argument("--info", type=Path, metavar="FILE",

@@ -15,18 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from ppti.tool_cli import tool_parser
+
 PROG = "convert_model.py"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[1:]))
+    parser = tool_parser(PROG, __doc__)
     parser.add_argument("source", metavar="SRC", help="A diffusers folder or a single .safetensors/.ckpt file.")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR",
                         help="The ppdiffusers folder to write (replaced atomically if it exists).")
