@@ -8,7 +8,6 @@ inside real sentences", the lower-casing refusal, the initializer's usable piece
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -71,11 +70,10 @@ def check_placeholder(model: str, placeholder_token: str, initializer_token: str
                           "Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
     from .tokens import TokenError, add_placeholder_tokens, clone_tokenizer, describe_tokenizer, initializer_ids
 
-    logging.getLogger("ppti").setLevel(logging.ERROR)  # initializer_ids logs its pieces; we return them instead
     try:
         tokenizer = clone_tokenizer(_tokenizer(str(folder.resolve()), (folder / "tokenizer").stat().st_mtime_ns))
         add_placeholder_tokens(tokenizer, config.placeholder_tokens())
-        _, pieces = initializer_ids(tokenizer, initializer_token)
+        _, pieces = initializer_ids(tokenizer, initializer_token, quiet=True)  # (returned, not logged)
     except (ModelError, TokenError) as exc:
         raise CheckFailed(str(exc)) from None
     return (f"{config.placeholder_text()}: {num_vectors} new token(s) in the {describe_tokenizer(tokenizer)}; "

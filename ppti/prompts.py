@@ -58,13 +58,7 @@ def check_before_loading(config: TrainConfig) -> None:
         return
     tokenizer = clone_tokenizer(side.tokenizer)  # (the trial tokens must not stay in the tokenizer)
     add_placeholder_tokens(tokenizer, config.placeholder_tokens())
-    tokens_log = logging.getLogger(initializer_ids.__module__)
-    level = tokens_log.level
-    tokens_log.setLevel(logging.ERROR)  # its pieces and warnings are logged once, when the rows are initialised
-    try:
-        initializer_ids(tokenizer, config.initializer_token)
-    finally:
-        tokens_log.setLevel(level)
+    initializer_ids(tokenizer, config.initializer_token, quiet=True)  # (logged once, when the rows are initialised)
     check_prompt_room(config, side)
 
 

@@ -119,11 +119,12 @@ def add_placeholder_tokens(tokenizer, tokens: Sequence[str]) -> list[int]:
     return ids
 
 
-def initializer_ids(tokenizer, word: str) -> tuple[list[int], list[str]]:
+def initializer_ids(tokenizer, word: str, quiet: bool = False) -> tuple[list[int], list[str]]:
     """Ids (and pieces) the initializer word tokenizes to, without special, unknown or blank pieces.
 
     Logs the pieces ("initializer '风格' -> ['风', '格']"); warns about unknown pieces left out and about byte
     fragments (a byte-level BPE such as CLIP's splits a CJK character into bytes: their mean is close to noise).
+    `quiet` only checks (for the checks made before the models load: the rows' initialisation logs them once).
     """
     ids = tokenizer(word, add_special_tokens=False)["input_ids"]
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -138,6 +139,8 @@ def initializer_ids(tokenizer, word: str) -> tuple[list[int], list[str]]:
             "give a common word close to the concept, e.g. 'toy' or 'style' ('玩具' or '风格' on Chinese models)"
         )
     kept_ids, kept_pieces = [i for i, _ in kept], [p for _, p in kept]
+    if quiet:
+        return kept_ids, kept_pieces
     log.info("initializer %r -> %s (mean of %d row(s))", word, kept_pieces, len(kept_ids))
     unknown = [p for i, p in zip(ids, pieces) if i == tokenizer.unk_token_id]
     if unknown:

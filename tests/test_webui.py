@@ -204,6 +204,20 @@ def test_check_placeholder_uses_the_trainer_rules(tiny_model_en):
     assert one_shot.returncode == 2 and one_shot.stderr.strip().splitlines()[-1] == replies[1]["message"]
 
 
+def test_check_placeholder_in_process_leaves_the_ppti_log_as_it_was(tiny_model_en):
+    """The page's token check runs in the same process as other work (the trainer's own check, tests): it must not
+    silence the ppti log for what comes after (it once set the 'ppti' logger to ERROR for good)."""
+    import logging
+
+    from ppti.preflight import check_placeholder
+
+    logger = logging.getLogger("ppti")
+    before = logger.level
+    line = check_placeholder(str(tiny_model_en), "<cat-toy>", "toy")
+    assert "initializer 'toy' -> ['toy</w>']" in line
+    assert logger.level == before and logger.isEnabledFor(logging.WARNING)
+
+
 def test_config_check_refuses_what_the_trainer_refuses_before_loading(tiny_model_en, tmp_path):
     """The output folder of an earlier run and a --mixed_precision this device cannot run: refused by the check as
     by the trainer (which refuses both before any model loads)."""
