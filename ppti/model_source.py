@@ -211,7 +211,7 @@ def read_torch_pickle(path: Path) -> WeightFile:
     rebuilders, storage types and plain containers may be named; tensors are read later, one at a time."""
     from .embeddings.safe_pickle import UnsafePickleError, restricted_loads
     from .embeddings.tensors import EmbeddingFormatError
-    from .embeddings.torch_zip import TORCH_GLOBALS, _StorageType
+    from .embeddings.torch_zip import TORCH_GLOBALS, storage_reference
 
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -235,17 +235,10 @@ def read_torch_pickle(path: Path) -> WeightFile:
     entries = set(names)
 
     def persistent_load(pid: Any) -> _LazyStorage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise EmbeddingFormatError(f"unsupported persistent id {pid!r:.80}")
-        _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or numel < 0:
-            raise EmbeddingFormatError(f"malformed storage reference {pid!r:.80}")
-        entry = f"{prefix}/data/{key}"
-        if entry not in entries:
-            raise EmbeddingFormatError(f"the archive has no storage entry {entry}")
-        if archive.getinfo(entry).file_size < numel * _STORAGE_NP[str(storage_type)].itemsize:
+        storage_type, entry, numel = storage_reference(pid, prefix, entries)
+        if archive.getinfo(entry).file_size < numel * _STORAGE_NP[storage_type].itemsize:
             raise EmbeddingFormatError(f"storage {entry} is shorter than its {numel} elements")
-        return _LazyStorage(archive, entry, str(storage_type), numel)
+        return _LazyStorage(archive, entry, storage_type, numel)
 
     allowed = {**TORCH_GLOBALS, ("torch._utils", "_rebuild_tensor_v2"): _lazy_rebuild,
                ("torch._utils", "_rebuild_tensor"): _lazy_rebuild,

@@ -155,6 +155,20 @@ def _pickle_entry(names: list[str]) -> str:
     return pickles[0]
 
 
+def storage_reference(pid: Any, prefix: str, names, where: str = "") -> tuple[str, str, int]:
+    """(storage dtype name, archive entry, element count) of a pickle's persistent id, checked: a 5-tuple
+    ("storage", a storage class of TORCH_GLOBALS, key, location, count >= 0) whose entry the archive holds."""
+    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+        raise EmbeddingFormatError(f"unsupported persistent id {pid!r:.80}{where}")
+    _, storage_type, key, _location, numel = pid
+    if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or numel < 0:
+        raise EmbeddingFormatError(f"malformed storage reference {pid!r:.80}{where}")
+    entry = f"{prefix}/data/{key}"
+    if entry not in names:
+        raise EmbeddingFormatError(f"the archive has no storage entry {entry}")
+    return str(storage_type), entry, numel
+
+
 def read_torch_zip(path: str) -> Any:
     """Unpickle a torch zip checkpoint with the restricted unpickler; tensors come back as `RawTensor`."""
     try:
@@ -170,15 +184,8 @@ def read_torch_zip(path: str) -> Any:
         big_endian = f"{prefix}/byteorder" in names and _read_entry(archive, f"{prefix}/byteorder", 16) == b"big"
 
         def persistent_load(pid: Any) -> _Storage:
-            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-                raise EmbeddingFormatError(f"unsupported persistent id {pid!r:.80} in {pkl}")
-            _, storage_type, key, _location, numel = pid
-            if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or numel < 0:
-                raise EmbeddingFormatError(f"malformed storage reference {pid!r:.80} in {pkl}")
-            entry = f"{prefix}/data/{key}"
-            if entry not in names:
-                raise EmbeddingFormatError(f"the archive has no storage entry {entry}")
-            return _Storage(archive, entry, str(storage_type), numel, big_endian)
+            storage_type, entry, numel = storage_reference(pid, prefix, names, f" in {pkl}")
+            return _Storage(archive, entry, storage_type, numel, big_endian)
 
         data = _read_entry(archive, pkl, MAX_PICKLE_BYTES)
         return restricted_loads(data, TORCH_GLOBALS, persistent_load)
