@@ -205,7 +205,7 @@ def worker_log() -> Path:
 # ranks that die without a word
 # ------------------------------------------------------------------------------------------------------------
 _RANK_WATCH_KEY = "ppti/rank-watch"
-_watch_connection: dict = {}  # "socket": this rank's connection to the rank watcher, "done": no more messages
+_watch_connection: dict = {}  # "socket": this rank's connection to the rank watcher, "said": its last word
 
 
 def start_rank_watch(ctx: DistContext) -> None:
@@ -231,7 +231,7 @@ def start_rank_watch(ctx: DistContext) -> None:
         log.warning("the rank watcher did not start (%s): a rank killed without a message may leave the others "
                     "waiting until the collective's timeout", exc)
         return
-    _watch_connection.update(socket=conn, done=False)
+    _watch_connection.update(socket=conn, said=None)
     threading.Thread(target=_listen_for_stop, args=(conn, ctx.rank), name="ppti-rank-watch", daemon=True).start()
     atexit.register(tell_rank_watch, "bye")
 
@@ -255,9 +255,9 @@ def _start_watcher(world_size: int) -> str:
 def tell_rank_watch(word: str) -> None:
     """"bye" (this rank ends normally) or "failed" (its error was handed to rank 0); the first word counts."""
     conn = _watch_connection.get("socket")
-    if conn is None or _watch_connection.get("done"):
+    if conn is None or _watch_connection.get("said"):
         return
-    _watch_connection["done"] = True
+    _watch_connection["said"] = word
     try:
         conn.sendall(f"{word}\n".encode())
     except OSError:
@@ -265,8 +265,10 @@ def tell_rank_watch(word: str) -> None:
 
 
 def _listen_for_stop(conn: socket.socket, rank: int) -> None:
-    """On "stop <line>": print the line and end this process at once (its main thread may be waiting in a
-    collective that will never complete). If the watcher itself goes away, rank 0's machine has."""
+    """On "stop <line>": print the line, tell the watcher it is printed, and end this process at once (its main
+    thread may be waiting in a collective that will never complete). A rank that said "failed" prints it too: its
+    own error may only be the echo of the peer's death (gloo's "connection closed"). If the watcher itself goes
+    away, rank 0's machine has."""
     data = b""
     while b"\n" not in data:
         try:
@@ -280,11 +282,15 @@ def _listen_for_stop(conn: socket.socket, rank: int) -> None:
         data += chunk
     else:
         line = data.split(b"\n", 1)[0].decode("utf-8", "replace").removeprefix("stop ")
-    if _watch_connection.get("done"):  # this rank is ending by itself already
+    if _watch_connection.get("said") == "bye":  # this rank is ending normally already
         return
     log.error("%s", line)
     for handler in logging.getLogger().handlers + log.handlers:
         handler.flush()
+    try:
+        conn.sendall(b"printed\n")
+    except OSError:
+        pass
     os._exit(1)
 
 

@@ -10,8 +10,10 @@ How: every rank opens one TCP connection to the watcher and sends its rank; the 
 connection the moment the process ends, however it ends. A rank that ends normally says "bye" first (at
 interpreter exit); one whose error was already handed to rank 0 says "failed" first. The first connection that
 closes without "bye" names the failed rank: the watcher sends every rank still connected "stop <line>" (each
-prints the line and exits: ppti.distributed), and prints the line itself when rank 0 is no longer there to (its
-output goes to rank 0's log). It exits when every rank has gone. Standard library only: it starts in a moment.
+prints the line, answers "printed" and exits: ppti.distributed), and prints the line itself when rank 0 does not
+print it: rank 0 is gone already, or it ends without answering "printed" (a peer's death makes gloo abort rank 0
+at once, often before the "stop" reaches it). The watcher's output goes to rank 0's log. It exits when every rank
+has gone. Standard library only: it starts in a moment.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def watch(world_size: int, server: socket.socket, log=sys.stderr) -> int:
     server.setblocking(False)
     ranks: dict[socket.socket, int] = {}
     buffers: dict[socket.socket, bytes] = {}
-    said: dict[int, str] = {}  # rank -> "bye" | "failed"
-    registered, failed = set(), -1
+    said: dict[int, str] = {}  # rank -> "bye" | "failed" | "printed" (the last word counts)
+    registered, failed, unprinted = set(), -1, None  # unprinted: the failure line, until rank 0 has printed it
     started = time.monotonic()
     while True:
         if len(registered) == world_size and not ranks:
@@ -66,17 +68,22 @@ def watch(world_size: int, server: socket.socket, log=sys.stderr) -> int:
                     if ranks[conn] < 0 and word.isdigit():
                         ranks[conn] = int(word)
                         registered.add(int(word))
-                    elif ranks[conn] >= 0 and word in ("bye", "failed"):
+                    elif ranks[conn] >= 0 and word in ("bye", "failed", "printed"):
                         said[ranks[conn]] = word
                 continue
             rank = ranks.pop(conn)
             buffers.pop(conn)
             conn.close()
+            if rank == 0 and unprinted is not None and said.get(0) != "printed":  # rank 0 ended without printing it
+                print(f"ppti: {unprinted}", file=log, flush=True)
+                unprinted = None
             if rank < 0 or said.get(rank) == "bye" or failed >= 0:
                 continue
             failed = rank
             line = failure_line(rank, said.get(rank) == "failed")
-            if 0 not in ranks.values():  # rank 0 is gone too: nobody else writes into its log
+            if 0 in ranks.values():
+                unprinted = line
+            else:  # rank 0 is gone too: nobody else writes into its log
                 print(f"ppti: {line}", file=log, flush=True)
             for other in list(ranks):
                 try:

@@ -164,10 +164,27 @@ def test_the_first_rank_to_vanish_without_bye_is_named_to_every_other_rank(said,
         message = _received(ranks[rank])
         assert message.startswith(f"stop {expected}") and "--resume_from_checkpoint latest" in message
     assert log.getvalue() == ""  # rank 0 is alive: it prints the line itself
-    ranks[0].close()  # (rank 0 then ends: not a second failure)
+    ranks[0].sendall(b"printed\n")  # (as ppti.distributed's listener answers, then ends: not a second failure)
+    ranks[0].close()
     ranks[1].close()
     thread.join(10)
-    assert result == {"failed": 2}
+    assert result == {"failed": 2} and log.getvalue() == ""
+
+
+def test_the_watcher_prints_the_line_when_rank_0_ends_without_printing_it():
+    """A peer's death makes gloo abort rank 0 at once, often before the watcher's "stop" reaches it (the CI flake
+    of test_a_killed_rank_ends_every_process_within_a_minute_naming_it[1]): the watcher then prints the line into
+    rank 0's log itself, once."""
+    connect, thread, log, result = _watch_in_thread(2)
+    ranks = [connect(r) for r in range(2)]
+    time.sleep(0.3)
+    ranks[1].close()  # rank 1 killed
+    assert _received(ranks[0]).startswith("stop rank 1 failed (its process ended without a word")
+    ranks[0].sendall(b"failed\n")  # rank 0's own error (gloo: connection closed), then it ends without printing
+    ranks[0].close()
+    thread.join(10)
+    assert result == {"failed": 1}
+    assert log.getvalue().count("rank 1 failed (its process ended without a word") == 1, log.getvalue()
 
 
 def test_ranks_that_say_bye_are_no_failure_and_the_watcher_speaks_for_a_vanished_rank_0():
