@@ -11,7 +11,9 @@ for text_encoder_2, see ppti.outputs): both row sets are swapped in per step, th
 norm/drift are those of the first encoder's rows (the scores.json columns) plus norm_2/drift_2 for the second's.
 
 Extra per-file scores (e.g. a judge model that tells whether the concept is in an image) plug in as `judges`:
-callables `(step, {prompt: [images]}) -> {column: value}`; their columns join scores.csv/scores.json.
+callables `(step, {prompt: [images]}) -> {column: value}`; their columns join scores.csv/scores.json. When --model
+is a toy world (models/toy-world), its own judge is added: judge_concept, judge_edit, judge_score
+(ppti.world.meaning).
 """
 
 from __future__ import annotations
@@ -290,6 +292,7 @@ def evaluate_run(settings: Settings, judges: Sequence[Judge] = ()) -> Result:
 
     out_dir = settings.out_dir or settings.run_dir / EVALUATION_DIR
     session = open_session(settings, out_dir)
+    judges = [*judges, *world_judges(session)]
     rows, pictures = [], []
     started = time.perf_counter()
     for f in tqdm(session.files, desc="Saved steps", dynamic_ncols=True):
@@ -303,6 +306,20 @@ def evaluate_run(settings: Settings, judges: Sequence[Judge] = ()) -> Result:
         best = session.files[rows.index(recommended)]
         written.extend(copy_best(settings.run_dir, session.run.config.placeholder_token, row_sets(best)))
     return Result(rows, recommended, written, seconds_per_file)
+
+
+def world_judges(session: Session) -> list[Judge]:
+    """The toy world's judge (ppti.world.meaning) when --model is a toy world, else none."""
+    from .world.meaning import is_world, world_judge
+
+    settings, config, prompts = session.settings, session.run.config, session.prompts
+    if not is_world(settings.model):
+        return []
+    try:
+        return [world_judge(settings.model, config.learnable_property, training_images(config.train_data_dir),
+                            [prompts.reconstruction, *prompts.edits])]
+    except ValueError as exc:
+        raise EvaluationError(f"--model {settings.model} is a toy world, scored by its judge too: {exc}") from None
 
 
 def write_outputs(out_dir: Path, rows: list[Row], pictures: list, num_reconstruction: int,

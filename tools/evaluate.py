@@ -6,7 +6,10 @@
 
 Per learned_embeds-steps-N file (and the final learned_embeds file): image similarity to the training images and
 text similarity to the edit prompts (CLIP), the frozen-batch loss training logs as eval/loss, the embedding's
-norm and drift. Writes RUN_DIR/evaluation/ (or -o): scores.csv, scores.json, scores.png, contact_sheet.png.
+norm and drift; with a toy-world --model (models/toy-world, models/toy-world-zh), also the world judge's
+judge_concept (fraction of images showing the concept), judge_edit (edit images showing the concept and every
+world word of their prompt) and judge_score (all images showing both; see ppti/world/meaning.py). Writes
+RUN_DIR/evaluation/ (or -o): scores.csv, scores.json, scores.png, contact_sheet.png.
 The recommended step is the one closest to having both the best image and the best text similarity (see
 ppti/evaluation/scores.py). --prompts FILE: one prompt per line with {} for the placeholder; the first line is the
 reconstruction prompt, the others are edit prompts.
@@ -82,11 +85,14 @@ def main(argv=None) -> int:
         message = " ".join(lines).replace("--pretrained_model_name_or_path", "--model")  # (the trainer's flag name)
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"{'step':>8} {'image_sim':>10} {'text_sim':>10} {'eval_loss':>10} {'norm':>8} {'drift':>8}  file")
+    judged = any("judge_score" in r.extra for r in result.rows)  # a toy world's judge scored the images too
+    print(f"{'step':>8} {'image_sim':>10} {'text_sim':>10} {'eval_loss':>10} {'norm':>8} {'drift':>8}"
+          + (f" {'judge_score':>11}" if judged else "") + "  file")
     for r in result.rows:
         mark = "  <- recommended" if r is result.recommended else ""
         print(f"{r.step:>8} {r.image_similarity:>10.4f} {r.text_similarity:>10.4f} {r.eval_loss:>10.5f} "
-              f"{r.norm:>8.4f} {r.drift:>8.4f}  {r.file}{mark}")
+              f"{r.norm:>8.4f} {r.drift:>8.4f}" + (f" {r.extra['judge_score']:>11.4f}" if judged else "")
+              + f"  {r.file}{mark}")
     print(f"{len(result.rows)} file(s), {result.seconds_per_file:.1f} s per file; wrote "
           + ", ".join(str(p) for p in result.written))
     if result.recommended is not None:
