@@ -8,8 +8,8 @@ a run on another model gets exactly the CLIP columns.)
 import csv
 import json
 import random
+import shutil
 
-import numpy as np
 import pytest
 
 from conftest import REPO, load_tool, run_tool
@@ -83,18 +83,25 @@ def test_scores_are_the_fractions_of_images_with_the_concept_and_what_was_asked(
     assert set(meaning_scores(judge, "star", "shape", {"a photo of a {}": star})) == {"judge_concept", "judge_score"}
 
 
-def test_only_a_folder_with_the_judge_and_world_info_is_a_world(tmp_path, tiny_model_en):
+def test_only_a_folder_with_the_judge_and_world_info_is_a_world(tmp_path):
     assert is_world(str(WORLD_DIR)) and is_world(str(ZH_WORLD))  # the Chinese world links the English judge
-    assert not is_world(str(tiny_model_en)) and not is_world("openai/clip-vit-base-patch32")
+    assert (ZH_WORLD / "judge" / "model.safetensors").is_symlink()
+    assert not is_world("runwayml/stable-diffusion-v1-5") and not is_world(str(tmp_path / "missing"))
+    for name in ("model_index.json", "world_info.json"):  # a model folder that is not a world: no judge
+        shutil.copy(WORLD_DIR / name, tmp_path / name)
+    assert not is_world(str(tmp_path))
     (tmp_path / "judge").mkdir()
     (tmp_path / "judge" / "model.safetensors").write_bytes(b"")
-    assert not is_world(str(tmp_path))  # no world_info.json
+    assert is_world(str(tmp_path))
+    (tmp_path / "world_info.json").unlink()
+    assert not is_world(str(tmp_path))
 
 
 @needs_world
 def test_evaluate_on_the_world_adds_the_judge_columns_without_a_flag(tmp_path, tiny_clip, capsys):
     """A short run on the shipped world (steps 2 and 4 saved), scored by tools/evaluate.py with world prompts:
-    scores.json and scores.csv carry the judge's columns, each a fraction of the rendered images."""
+    scores.json and scores.csv carry the judge's columns, each a fraction of the rendered images, against the
+    concept the judge read from the training images."""
     from ppti.cli import main as ppti_main
     from ppti.world.recovery import Concept, write_concept_images
 
@@ -122,5 +129,6 @@ def test_evaluate_on_the_world_adds_the_judge_columns_without_a_flag(tmp_path, t
         # 6 images (3 prompts x 2): every fraction is a whole number of sixths (of quarters for the 4 edit images)
         assert row["judge_concept"] * 6 == pytest.approx(round(row["judge_concept"] * 6))
         assert row["judge_edit"] * 4 == pytest.approx(round(row["judge_edit"] * 4))
-        assert row["judge_score"] <= min(row["judge_concept"], 1.0)
+        assert row["judge_score"] <= row["judge_concept"]
     assert "judge_score" in stdout.splitlines()[0]
+    assert "the judge reads shape 'star' in 5 of the 5 training images" in stderr
