@@ -97,22 +97,30 @@ def test_only_a_folder_with_the_judge_and_world_info_is_a_world(tmp_path):
     assert not is_world(str(tmp_path))
 
 
-@needs_world
-def test_evaluate_on_the_world_adds_the_judge_columns_without_a_flag(tmp_path, tiny_clip, capsys):
-    """A short run on the shipped world (steps 2 and 4 saved), scored by tools/evaluate.py with world prompts:
-    scores.json and scores.csv carry the judge's columns, each a fraction of the rendered images, against the
-    concept the judge read from the training images."""
+@pytest.fixture(scope="module")
+def star_run(tmp_path_factory):
+    """A short run on the shipped world: <star-concept> from 5 renderings of stars, steps 2 and 4 saved."""
     from ppti.cli import main as ppti_main
     from ppti.world.recovery import Concept, write_concept_images
 
+    tmp = tmp_path_factory.mktemp("star")
     star = Concept("star", "object")
-    data, run = write_concept_images(star, tmp_path / "data"), tmp_path / "run"
+    data, run = write_concept_images(star, tmp / "data"), tmp / "run"
     assert ppti_main(["--pretrained_model_name_or_path", str(WORLD_DIR), "--train_data_dir", str(data),
                       "--output_dir", str(run), "--placeholder_token", star.token, "--initializer_token",
                       star.initializer, "--learnable_property", "object", "--resolution", "32",
                       "--train_batch_size", "2", "--max_train_steps", "4", "--save_steps", "2", "--eval_steps", "2",
                       "--learning_rate", "5e-3", "--repeats", "2", "--seed", "0", "--report_to", "none",
                       "--lr_warmup_steps", "0", "--validation_epochs", "1000"]) == 0
+    return run
+
+
+@needs_world
+def test_evaluate_on_the_world_adds_the_judge_columns_without_a_flag(star_run, tmp_path, tiny_clip, capsys):
+    """The run scored by tools/evaluate.py with world prompts: scores.json and scores.csv carry the judge's
+    columns, each a fraction of the rendered images, against the concept the judge read from the training
+    images."""
+    run = star_run
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a {}\na photo of a blue {}\na photo of a {} on a black background\n")
     tool = load_tool(REPO / "tools" / "evaluate.py")
@@ -132,3 +140,18 @@ def test_evaluate_on_the_world_adds_the_judge_columns_without_a_flag(tmp_path, t
         assert row["judge_score"] <= row["judge_concept"]
     assert "judge_score" in stdout.splitlines()[0]
     assert "the judge reads shape 'star' in 5 of the 5 training images" in stderr
+
+
+@needs_world
+def test_a_prompt_the_world_cannot_follow_is_refused_in_one_line(star_run, tmp_path, tiny_clip, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a {}\na {} next to a heart\n")
+    tool = load_tool(REPO / "tools" / "evaluate.py")
+    code, _, stderr = run_tool(tool, capsys, star_run, "--model", WORLD_DIR, "--clip_model", tiny_clip,
+                               "--prompts", prompts, "-o", tmp_path / "scores", "--num_images", 1,
+                               "--num_inference_steps", 1)
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1, stderr[-2000:]
+    assert errors[0].startswith("evaluate.py: error: --model ") and "is a toy world" in errors[0]
+    assert "'a {} next to a heart' asks for shape 'heart', but the concept is shape 'star'" in errors[0]
+    assert not (tmp_path / "scores").exists()

@@ -121,6 +121,7 @@ BY_TEST = {
         "test_world.py::test_training_on_the_chinese_world_teaches_a_style",
         "test_world.py::test_training_on_the_world_teaches_an_object",
         "test_world.py::test_training_on_the_world_teaches_the_concept",
+        "test_world_judge_eval.py::test_a_prompt_the_world_cannot_follow_is_refused_in_one_line",
         "test_world_judge_eval.py::test_evaluate_on_the_world_adds_the_judge_columns_without_a_flag",
         # took 2-5 s in a quick-tier run under load (13:23, load average 6 on 2 cores): out of the 4-minute tier
         "test_buckets.py::test_bucketed_cache_gives_each_variant_its_own_vae_posterior",
