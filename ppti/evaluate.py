@@ -325,10 +325,12 @@ def world_judges(session: Session) -> list[Judge]:
 def write_outputs(out_dir: Path, rows: list[Row], pictures: list, num_reconstruction: int,
                   recommended: Optional[Row]) -> list[Path]:
     from .atomic import atomic_path
-    from .evaluation.drawing import contact_sheet, plot
+    from .evaluation.drawing import PANELS, contact_sheet, plot
 
     written = write_tables(out_dir, rows, recommended)
-    for name, image in ((SCORES_PLOT, plot(rows, recommended)),
+    panels = PANELS + ((("judge_score", "judge score (toy world: concept present and prompt followed)"),)
+                       if rows and "judge_score" in rows[0].extra else ())
+    for name, image in ((SCORES_PLOT, plot(rows, recommended, panels)),
                         (CONTACT_SHEET, contact_sheet(rows, pictures, num_reconstruction, recommended))):
         with atomic_path(out_dir / name) as tmp:
             image.save(tmp, format="PNG")

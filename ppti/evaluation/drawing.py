@@ -19,6 +19,7 @@ PANELS = (("image_similarity", "image similarity (higher: more like the training
           ("eval_loss", "eval loss (frozen batch)"),
           ("norm", "embedding norm"))
 COLOURS = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd")
+PANEL_COLOURS = COLOURS + ("#8c564b", "#17becf")
 MARK = "#ff7f0e"
 PANEL_W, PANEL_H, MARGIN = 520, 120, 60
 SCATTER = 300
@@ -91,21 +92,22 @@ def _scatter(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], rows: Se
         draw.ellipse((x - 7, y - 7, x + 7, y + 7), outline=MARK, width=2)
 
 
-def plot(rows: Sequence[Row], recommended: Optional[Row]) -> Image.Image:
-    """The score plot (see module doc) as an RGB image."""
+def plot(rows: Sequence[Row], recommended: Optional[Row], panels: Sequence[tuple[str, str]] = PANELS,
+         title: Optional[str] = None) -> Image.Image:
+    """The score plot (see module doc) as an RGB image; `panels`: (column of Row.as_dict(), label) per panel."""
     steps = [r.step for r in rows]
     width = MARGIN + PANEL_W + 40 + SCATTER + 20
-    height = 30 + len(PANELS) * (PANEL_H + 30) + 20
+    height = 30 + len(panels) * (PANEL_H + 30) + 20
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    title = "scores per saved step" + (f"; recommended step {recommended.step} (dashed)" if recommended else "")
+    title = title or "scores per saved step" + (f"; recommended step {recommended.step} (dashed)" if recommended else "")
     draw.text((MARGIN, 6), title, fill="black")
     mark = recommended.step if recommended else None
-    for i, ((key, label), colour) in enumerate(zip(PANELS, COLOURS)):
+    for i, (key, label) in enumerate(panels):
         top = 40 + i * (PANEL_H + 30)
-        _line_panel(draw, (MARGIN, top, MARGIN + PANEL_W, top + PANEL_H), steps, [getattr(r, key) for r in rows],
-                    label, colour, mark)
-    last_bottom = 40 + (len(PANELS) - 1) * (PANEL_H + 30) + PANEL_H
+        _line_panel(draw, (MARGIN, top, MARGIN + PANEL_W, top + PANEL_H), steps, [r.as_dict()[key] for r in rows],
+                    label, PANEL_COLOURS[i % len(PANEL_COLOURS)], mark)
+    last_bottom = 40 + (len(panels) - 1) * (PANEL_H + 30) + PANEL_H
     draw.text((MARGIN, last_bottom + 4), f"step {steps[0]}", fill="#555555")
     draw.text((MARGIN + PANEL_W - 60, last_bottom + 4), f"step {steps[-1]}", fill="#555555")
     left = MARGIN + PANEL_W + 40
