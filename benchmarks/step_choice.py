@@ -1,0 +1,369 @@
+"""Which saved step is best? The toy world's judge tells the truth per step; rules that pick a step are scored on it.
+
+    python benchmarks/step_choice.py --concepts star heart striped outlined --seeds 0 1 \\
+        --json benchmarks/results/step-choice.json --plot_dir benchmarks/results/step-choice
+
+Per held-out concept (objects: star, heart; styles: striped, outlined) and seed:
+1. ppti trains a placeholder from 5 renderings (as benchmarks/concept_recovery.py does) in a regime that
+   over-trains: --learning_rate 5e-3 constant for --max_train_steps 480, saving (and logging eval/loss) every
+   --save_steps 40. By the end the placeholder's norm has grown and the edits degrade.
+2. Ground truth: every saved step is scored by the world's judge on fixed-seed samples (ppti/world/recovery.py:
+   12 x --sample_repeats concept prompts, 2 x --sample_repeats per edit, and for styles per shape). The combined
+   score is the fraction of all those samples in which the judge finds the concept *and* everything else the prompt
+   asked for (a colour, a background, a shape): what a user wants from the word.
+3. tools/evaluate.py runs on the same run with the toy-world CLIP (models/toy-world-clip) and world prompts (the
+   reconstruction prompt and the recovery edits), its own seeds: CLIP image/text similarity, eval loss, norm.
+4. Rules pick a step from what tools/evaluate.py measured (never from the judge): ppti's recommendation and the
+   alternatives in RULES. A rule's ratio on a run is the combined score of its step over the best step's.
+5. Early stopping: --early_stopping replayed on the eval/loss of the saved steps (the trainer's own EarlyStopping
+   class on the same numbers training logs), with the trainer's defaults and a grid of windows and thresholds.
+
+Writes --json ({"config", "concepts", "rules", "early_stopping"}; each concept entry also holds its per-step table)
+and, with --plot_dir, one plot per concept and seed. Deterministic for fixed seeds. About 7 minutes per concept and
+seed on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+
+from ppti.tool_cli import tool_parser
+from ppti.world.recovery import CONCEPTS, SAMPLES_PER_EDIT, CONCEPT_SAMPLES
+from ppti.world.shipped import WORLD_DIR
+
+CLIP_DIR = REPO / "models" / "toy-world-clip"
+ANY_STEP_RATIO = 0.95  # the issue's bar: a chosen step scores at least this fraction of the best step
+WINDOWS = (2, 3, 4, 5, 6, 8, 10)  # the early-stopping grid (evaluations)
+THRESHOLDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the rules: each picks a step from tools/evaluate.py's rows (dicts of scores.json), never from the judge
+# ------------------------------------------------------------------------------------------------------------
+def _first_best(rows: Sequence[dict], key: Callable[[dict], float]) -> int:
+    """The step of the highest key (ties: the earliest step)."""
+    return max(rows, key=lambda r: (key(r), -r["step"]))["step"]
+
+
+def norm_cap(factor: float) -> Callable[[Sequence[dict]], int]:
+    """The last step whose norm is at most `factor` x the vocabulary's median norm (the earliest when none is);
+    the trainer warns above NORM_FACTOR = 3 (ppti/evaluation/embedding.py)."""
+    def rule(rows: Sequence[dict]) -> int:
+        within = [r["step"] for r in rows if r["norm_ratio"] <= factor]
+        return within[-1] if within else rows[0]["step"]
+    return rule
+
+
+def ppti_rule(rows: Sequence[dict]) -> int:
+    """tools/evaluate.py's recommendation (ppti/evaluation/scores.py recommend) on the same rows."""
+    from ppti.evaluation.scores import Row, recommend
+
+    return recommend([Row(r["step"], r["image_similarity"], r["text_similarity"], r["eval_loss"], r["norm"], 0.0, "")
+                      for r in rows]).step
+
+
+RULES: dict[str, Callable[[Sequence[dict]], int]] = {
+    "ppti (tools/evaluate.py)": ppti_rule,
+    "last step": lambda rows: rows[-1]["step"],
+    "max image similarity": lambda rows: _first_best(rows, lambda r: r["image_similarity"]),
+    "max text similarity": lambda rows: _first_best(rows, lambda r: r["text_similarity"]),
+    "min eval loss": lambda rows: _first_best(rows, lambda r: -r["eval_loss"]),
+    "norm cap 1.5x vocabulary median": norm_cap(1.5),
+    "norm cap 2x vocabulary median": norm_cap(2.0),
+    "norm cap 3x vocabulary median": norm_cap(3.0),
+}
+
+
+def early_stop_step(rows: Sequence[dict], window: int, threshold: float) -> int:
+    """Where --early_stopping (window, threshold) ends a run that logs eval/loss at the saved steps (the last step
+    when it never fires): the trainer's own rule, replayed."""
+    from ppti.evaluation.stopping import EarlyStopping
+
+    stopping = EarlyStopping(window, threshold)
+    for r in rows:
+        if stopping.update(r["step"], r["eval_loss"]):
+            return r["step"]
+    return rows[-1]["step"]
+
+
+def rule_table(runs: Sequence[dict]) -> list[dict]:
+    """Per rule: its mean and worst ratio (its step's combined score over the best's) and how many runs reach
+    ANY_STEP_RATIO, over `runs` (concept entries with "per_step")."""
+    table = []
+    for name, rule in RULES.items():
+        ratios = [ratio(run, rule(run["per_step"])) for run in runs]
+        table.append({"name": name, "mean_ratio": round(sum(ratios) / len(ratios), 4), "min_ratio": round(min(ratios), 4),
+                      "runs_at_bar": sum(r >= ANY_STEP_RATIO for r in ratios), "runs": len(ratios)})
+    return table
+
+
+def ratio(run: dict, step: int) -> float:
+    scores = {r["step"]: r["score"] for r in run["per_step"]}
+    best = max(scores.values())
+    return scores[step] / best if best > 0 else 1.0
+
+
+def early_stopping_table(runs: Sequence[dict]) -> list[dict]:
+    """Per (window, threshold): mean/worst ratio of the step it stops at, mean/least fraction of steps saved, and
+    whether it is safe (every run at ANY_STEP_RATIO and saving at least 30%)."""
+    table = []
+    for window in WINDOWS:
+        for threshold in THRESHOLDS:
+            stops = [early_stop_step(run["per_step"], window, threshold) for run in runs]
+            ratios = [ratio(run, s) for run, s in zip(runs, stops)]
+            saved = [1 - s / run["max_steps"] for run, s in zip(runs, stops)]
+            table.append({"window": window, "threshold": threshold, "mean_ratio": round(sum(ratios) / len(ratios), 4),
+                          "min_ratio": round(min(ratios), 4), "mean_saved": round(sum(saved) / len(saved), 4),
+                          "min_saved": round(min(saved), 4),
+                          "safe": min(ratios) >= ANY_STEP_RATIO and min(saved) >= 0.3})
+    return table
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one run
+# ------------------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = tool_parser("step_choice.py", __doc__)
+    parser.add_argument("--world", type=Path, default=WORLD_DIR, help="The world model folder (hash-checked).")
+    parser.add_argument("--clip_model", type=Path, default=CLIP_DIR, help="The toy-world CLIP for tools/evaluate.py.")
+    parser.add_argument("--concepts", nargs="+", default=[c.word for c in CONCEPTS], choices=[c.word for c in CONCEPTS])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="Training seeds (also the images').")
+    parser.add_argument("--max_train_steps", type=int, default=480)
+    parser.add_argument("--save_steps", type=int, default=40, help="Save and log eval/loss every N steps.")
+    parser.add_argument("--learning_rate", type=float, default=5e-3,
+                        help="High enough to over-train within --max_train_steps (benchmarks/concept_recovery.py "
+                             "uses 1e-3).")
+    parser.add_argument("--train_batch_size", type=int, default=4)
+    parser.add_argument("--num_images", type=int, default=5, help="Renderings of each concept to train on.")
+    parser.add_argument("--sample_repeats", type=int, default=3,
+                        help=f"Judge samples per step: {CONCEPT_SAMPLES} concept samples and {SAMPLES_PER_EDIT} per "
+                             "edit (and per shape, styles) x this.")
+    parser.add_argument("--eval_images", type=int, default=2, help="tools/evaluate.py --num_images.")
+    parser.add_argument("--json", type=Path, help="Write the results here.")
+    parser.add_argument("--plot_dir", type=Path, help="Write one plot per concept and seed here.")
+    parser.add_argument("--keep_runs", type=Path,
+                        help="Keep the training runs here (default: a temporary folder); runs already there, trained "
+                             "and scored with the same settings, are reused.")
+    parser.add_argument("--truth_only", action="store_true",
+                        help="With --keep_runs: train and score the ground truth only (tools/evaluate.py later).")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="Build the tables from these earlier --json files' runs instead of running anything.")
+    args = parser.parse_args(argv)
+    for name in ("max_train_steps", "save_steps", "train_batch_size", "num_images", "sample_repeats", "eval_images"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    if args.truth_only and not args.keep_runs:
+        parser.error("--truth_only keeps its work for later: give --keep_runs DIR")
+    if args.max_train_steps % args.save_steps:
+        parser.error(f"--max_train_steps {args.max_train_steps} must be a multiple of --save_steps {args.save_steps}")
+    return args
+
+
+def train(args, concept, seed: int, data_dir: Path, out_dir: Path) -> None:
+    """ppti's own entry point, in this process."""
+    from ppti.cli import main as ppti_main
+
+    code = ppti_main([
+        "--pretrained_model_name_or_path", str(args.world), "--train_data_dir", str(data_dir),
+        "--output_dir", str(out_dir), "--placeholder_token", concept.token, "--initializer_token",
+        concept.initializer, "--learnable_property", concept.kind, "--resolution", "32",
+        "--train_batch_size", str(args.train_batch_size), "--max_train_steps", str(args.max_train_steps),
+        "--learning_rate", str(args.learning_rate), "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
+        "--repeats", "20", "--seed", str(seed), "--report_to", "none", "--save_steps", str(args.save_steps),
+        "--eval_steps", str(args.save_steps), "--checkpointing_steps", str(args.max_train_steps)])
+    if code != 0:
+        raise SystemExit(f"training {concept.token} (seed {seed}) failed (exit code {code})")
+
+
+def world_prompts(concept) -> list[str]:
+    """tools/evaluate.py --prompts: the reconstruction prompt, then the recovery edits (one per colour/background)."""
+    from ppti.world.recovery import concept_prompts, edit_prompts
+
+    return [concept_prompts(concept, 1)[0][0]] + [p for p, _ in edit_prompts(concept, 1)]
+
+
+def clip_rows(args, concept, run_dir: Path) -> list[dict]:
+    """tools/evaluate.py on the run (toy CLIP, world prompts): scores.json's rows, by step."""
+    from ppti.tools.evaluate import main as evaluate_main  # (tools/ is installed as ppti.tools)
+
+    prompts = run_dir / "world-prompts.txt"
+    prompts.write_text("\n".join(world_prompts(concept)) + "\n", encoding="utf-8")
+    out = run_dir / f"evaluation-{Path(args.clip_model).name}-{args.eval_images}"
+    if not (out / "scores.json").is_file():
+        code = evaluate_main([str(run_dir), "--model", str(args.world), "--clip_model", str(args.clip_model),
+                              "--prompts", str(prompts), "--num_images", str(args.eval_images), "-o", str(out)])
+        if code != 0:
+            raise SystemExit(f"tools/evaluate.py on {run_dir} failed (exit code {code})")
+    return json.loads((out / "scores.json").read_text(encoding="utf-8"))["rows"]
+
+
+def judge_scores(args, pipe, judge, concept, run_dir: Path, steps: dict[int, str]) -> dict[int, dict]:
+    """The judge's concept / edit (/ transfer) accuracy and combined score of every saved step (fixed seeds)."""
+    import paddle
+
+    from ppti.embeddings import read_embeddings
+    from ppti.world.recovery import evaluate
+
+    paths = {s: run_dir / name for s, name in steps.items()}
+    pipe.load_textual_inversion(str(next(iter(paths.values()))))
+    token_id = pipe.tokenizer.convert_tokens_to_ids(concept.token)
+    weight = pipe.text_encoder.get_input_embeddings().weight
+    sizes = {"concept": CONCEPT_SAMPLES, "edit": 7 * SAMPLES_PER_EDIT, "transfer": 6 * SAMPLES_PER_EDIT}
+    out = {}
+    for step in steps:
+        (embedding,) = read_embeddings(paths[step])
+        rows = weight.numpy()
+        rows[token_id] = embedding.vectors.reshape(-1)
+        weight.set_value(paddle.to_tensor(rows))
+        groups = evaluate(pipe, judge, concept, concept.token, edits=True, repeats=args.sample_repeats)
+        combined = sum(groups[g] * sizes[g] for g in groups) / sum(sizes[g] for g in groups)
+        out[step] = {**{f"judge_{g}": round(v, 4) for g, v in groups.items()}, "score": round(combined, 4)}
+    _forget_token(pipe, concept.token)
+    return out
+
+
+def vocabulary_median(pipe, token: str) -> float:
+    """The median norm of the world's word embeddings (the placeholder's row left out, if present)."""
+    from ppti.evaluation.embedding import vocabulary_median_norm
+
+    weight = pipe.text_encoder.get_input_embeddings().weight.numpy()
+    return vocabulary_median_norm(weight, [i for i in [pipe.tokenizer.convert_tokens_to_ids(token)] if i < len(weight)])
+
+
+def _forget_token(pipe, token: str) -> None:
+    """The next run's load_textual_inversion adds the token afresh (ppdiffusers refuses a token it already has)."""
+    tokenizer = pipe.tokenizer
+    for table in ("added_tokens_encoder", "_added_tokens_encoder"):
+        getattr(tokenizer, table, {}).pop(token, None)
+    for table in ("added_tokens_decoder", "_added_tokens_decoder"):
+        decoder = getattr(tokenizer, table, None)
+        if isinstance(decoder, dict):
+            for key in [k for k, v in decoder.items() if str(v) == token]:
+                decoder.pop(key)
+    if hasattr(tokenizer, "unique_no_split_tokens") and token in tokenizer.unique_no_split_tokens:
+        tokenizer.unique_no_split_tokens.remove(token)
+
+
+def run_one(args, concept, seed: int, pipe, judge, work: Path) -> Optional[dict]:
+    """Train, score the truth and run tools/evaluate.py for one concept and seed. In --keep_runs, a run already
+    trained and scored there is reused (training is deterministic for the seed: the same flags give the same
+    files), and so is an evaluation by the same --clip_model."""
+    from ppti.world.recovery import write_concept_images
+
+    started = time.time()
+    run_dir = work / f"run-{concept.word}-{seed}"
+    truth_file = run_dir / "judge-truth.json"
+    if not truth_file.is_file():
+        data = write_concept_images(concept, work / f"data-{concept.word}-{seed}", args.num_images, seed)
+        train(args, concept, seed, data, run_dir)
+        steps = {s: f"learned_embeds-steps-{s}.pdparams" for s in range(args.save_steps, args.max_train_steps + 1,
+                                                                        args.save_steps)}
+        truth = judge_scores(args, pipe, judge, concept, run_dir, steps)
+        truth_file.write_text(json.dumps({str(k): v for k, v in truth.items()}, indent=1) + "\n", encoding="utf-8")
+    truth = {int(k): v for k, v in json.loads(truth_file.read_text(encoding="utf-8")).items()}
+    if args.truth_only:
+        return None
+    rows = [r for r in clip_rows(args, concept, run_dir) if r["step"] in truth]
+    median = vocabulary_median(pipe, concept.token)
+    per_step = [{"step": r["step"], **truth[r["step"]],
+                 **{k: round(float(r[k]), 6) for k in ("image_similarity", "text_similarity", "eval_loss", "norm")},
+                 "norm_ratio": round(float(r["norm"]) / median, 4)} for r in rows]
+    best = max(per_step, key=lambda r: (r["score"], -r["step"]))
+    recommended = ppti_rule(per_step)
+    stop = early_stop_step(per_step, *EARLY_STOPPING_DEFAULTS)
+    score_at = {r["step"]: r["score"] for r in per_step}
+    return {"name": concept.word, "kind": concept.kind, "seed": seed, "max_steps": args.max_train_steps,
+            "best_step": best["step"], "best_score": best["score"], "recommended_step": recommended,
+            "recommended_score": score_at[recommended], "early_stop_step": stop, "early_stop_score": score_at[stop],
+            "steps_run": stop, "rule_steps": {name: rule(per_step) for name, rule in RULES.items()},
+            "seconds": round(time.time() - started, 1), "per_step": per_step}
+
+
+def _defaults() -> tuple[int, float]:
+    from ppti.config import TrainConfig
+
+    return TrainConfig.early_stopping_window, TrainConfig.early_stopping_threshold
+
+
+EARLY_STOPPING_DEFAULTS = _defaults()
+
+
+def plot(run: dict):
+    """Judge score, CLIP image/text similarity, eval loss and norm per step; the recommended step dashed."""
+    from ppti.evaluation.drawing import plot as scores_plot
+    from ppti.evaluation.scores import Row
+
+    rows = [Row(r["step"], r["image_similarity"], r["text_similarity"], r["eval_loss"], r["norm"], 0.0, "",
+                {"judge_score": r["score"]}) for r in run["per_step"]]
+    recommended = next(r for r in rows if r.step == run["recommended_step"])
+    title = (f"{run['name']} (seed {run['seed']}): best step {run['best_step']} (judge {run['best_score']:.2f}); "
+             f"recommended {run['recommended_step']} (judge {run['recommended_score']:.2f}, dashed)")
+    return scores_plot(rows, recommended, panels=(("judge_score", "judge: concept present and prompt followed"),
+                                                  *PLOT_PANELS), title=title)
+
+
+PLOT_PANELS = (("image_similarity", "CLIP image similarity"), ("text_similarity", "CLIP text similarity"),
+               ("eval_loss", "eval loss (frozen batch)"), ("norm", "embedding norm"))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.merge:
+        runs = [run for path in args.merge for run in json.loads(path.read_text(encoding="utf-8"))["concepts"]]
+    else:
+        runs = run_all(args)
+        if args.truth_only:
+            return 0
+    rules, stopping = rule_table(runs), early_stopping_table(runs)
+    print("\n| rule | mean ratio | worst ratio | runs >= 0.95 of best |\n|---|---|---|---|")
+    for r in rules:
+        print(f"| {r['name']} | {r['mean_ratio']:.3f} | {r['min_ratio']:.3f} | {r['runs_at_bar']}/{r['runs']} |")
+    safe = [s for s in stopping if s["safe"]]
+    print(f"\nearly stopping: {len(safe)} of {len(stopping)} (window, threshold) settings safe on every run"
+          + (f"; most steps saved: {max(safe, key=lambda s: s['mean_saved'])}" if safe else ""))
+    if args.json:
+        config = ({"merged": [str(p) for p in args.merge],
+                   **json.loads(args.merge[0].read_text(encoding="utf-8"))["config"]} if args.merge else
+                  {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                   if k not in ("json", "plot_dir", "keep_runs", "truth_only", "merge")})
+        for key in ("world", "clip_model"):  # (relative to the repository: the committed table names no machine)
+            path = Path(config[key]).resolve()
+            config[key] = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+        config["seeds"] = sorted({run["seed"] for run in runs})
+        config["concepts"] = list(dict.fromkeys(run["name"] for run in runs))
+        config["early_stopping_defaults"] = list(EARLY_STOPPING_DEFAULTS)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"config": config, "concepts": runs, "rules": rules,
+                                         "early_stopping": stopping}, indent=1) + "\n")
+    return 0
+
+
+def run_all(args) -> list[dict]:
+    from ppti.world.shipped import load_pipeline, load_world_judge
+
+    pipe, judge = load_pipeline(args.world), load_world_judge(args.world)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep_runs or Path(tmp)
+        for concept in (c for c in CONCEPTS if c.word in args.concepts):
+            for seed in args.seeds:
+                run = run_one(args, concept, seed, pipe, judge, work)
+                if run is None:
+                    continue
+                runs.append(run)
+                print(json.dumps({k: v for k, v in run.items() if k != "per_step"}), flush=True)
+                if args.plot_dir:
+                    args.plot_dir.mkdir(parents=True, exist_ok=True)
+                    plot(run).save(args.plot_dir / f"{concept.word}-seed{seed}.png")
+    return runs
+
+
+if __name__ == "__main__":
+    sys.exit(main())
