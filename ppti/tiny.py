@@ -389,20 +389,34 @@ CLIP_IMAGE_SIZE = 32  # the vision tower's input: 4x4 patches of 8 pixels
 CLIP_PROJECTION = 16
 
 
-def _clip_model(language: str, vocab_size: int):
-    """CLIPModel (en) or paddlenlp's ChineseCLIPModel (zh, zh_en: BERT text tower), 2 layers, 32 wide."""
-    small = dict(hidden_size=TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
-    vision = dict(image_size=CLIP_IMAGE_SIZE, patch_size=8, **small)
+def _clip_model(language: str, vocab_size: int, width: int = TEXT_WIDTH, layers: int = 2, intermediate: int = 37,
+                patch_size: int = 8, max_positions: int = 77, projection: int = CLIP_PROJECTION):
+    """CLIPModel (en) or paddlenlp's ChineseCLIPModel (zh, zh_en: BERT text tower); by default 2 layers, 32 wide
+    (the toy world's CLIP, ppti/world/clip.py, asks for its own sizes)."""
+    small = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=intermediate)
+    vision = dict(image_size=CLIP_IMAGE_SIZE, patch_size=patch_size, **small)
     if language == "en":
         from ppdiffusers.transformers import CLIPConfig, CLIPModel
 
-        text = dict(vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1,
-                    **small)
-        return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=CLIP_PROJECTION))
+        text = dict(vocab_size=vocab_size, max_position_embeddings=max_positions, bos_token_id=0, eos_token_id=2,
+                    pad_token_id=1, **small)
+        return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection))
     from paddlenlp.transformers import ChineseCLIPConfig, ChineseCLIPModel
 
     text = dict(vocab_size=vocab_size, max_position_embeddings=512, pad_token_id=0, **small)
-    return ChineseCLIPModel(ChineseCLIPConfig(text_config=text, vision_config=vision, projection_dim=CLIP_PROJECTION))
+    return ChineseCLIPModel(ChineseCLIPConfig(text_config=text, vision_config=vision, projection_dim=projection))
+
+
+def save_clip(model, out: Path, language: str = "en") -> None:
+    """`model`'s weights and config plus the image processor (32x32 in, no resizing of 32x32 images) into `out`,
+    next to tokenizer files already there: the folder CLIPProcessor / ChineseCLIPProcessor and the model's class
+    `from_pretrained` read."""
+    from paddlenlp.transformers import ChineseCLIPImageProcessor, CLIPImageProcessor
+
+    model.save_pretrained(str(out))
+    processor = CLIPImageProcessor if language == "en" else ChineseCLIPImageProcessor
+    processor(size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
+              ).save_pretrained(str(out))
 
 
 def make_tiny_clip(out_dir, language: str = "en", seed: int = 0) -> Path:
@@ -411,8 +425,6 @@ def make_tiny_clip(out_dir, language: str = "en", seed: int = 0) -> Path:
     reads -- what tools/evaluate.py --clip_model loads. Same arguments -> byte-identical weights."""
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
-    from paddlenlp.transformers import ChineseCLIPImageProcessor, CLIPImageProcessor
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab_size = (write_clip_tokenizer if language == "en" else _write_bert_tokenizer)(out)
@@ -422,10 +434,7 @@ def make_tiny_clip(out_dir, language: str = "en", seed: int = 0) -> Path:
                                                     "model_max_length": 52})
     with _reproducible(seed):
         model = _clip_model(language, vocab_size)
-    model.save_pretrained(str(out))
-    processor = CLIPImageProcessor if language == "en" else ChineseCLIPImageProcessor
-    processor(size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
-              ).save_pretrained(str(out))
+    save_clip(model, out, language)
     return out
 
 

@@ -8,6 +8,11 @@ it links) with:
 
     python tools/make_toy_world.py models/toy-world-zh --language zh --seed 0
 
+and the world's CLIP (text and image towers trained contrastively on the world's renderings, for tools/evaluate.py
+--clip_model; the --clip_* switches are its recipe, the world's VAE gives the reconstructions it also sees) with:
+
+    python tools/make_toy_world.py models/toy-world-clip --make clip --seed 0
+
 The model folder is saved every --checkpoint_every diffusion steps, so an interrupted build leaves a usable model.
 """
 
@@ -17,11 +22,13 @@ from dataclasses import fields
 from pathlib import Path
 
 from ppti.world.chinese import make_world_zh
+from ppti.world.clip import ClipRecipe, make_world_clip
 from ppti.world.pretrain import Recipe, RecipeError, make_world
-from ppti.manifest import write_manifest
+from ppti.manifest import ManifestError, write_manifest
 from ppti.tool_cli import EXIT_BAD_INPUT, tool_parser
 
 CHOICES = {"prediction_type": ("epsilon", "v_prediction"), "noise_schedule": ("sd", "linear"), "language": ("en", "zh")}
+CLIP_PREFIX = "clip_"  # ClipRecipe fields are --clip_<name> (the seed is the shared --seed)
 
 
 def _channels(text: str) -> tuple:
@@ -47,32 +54,56 @@ def _flag_type(default):
 
 def parse_args(argv=None):
     parser = tool_parser("make_toy_world.py", __doc__)
-    parser.add_argument("out_dir", type=Path, help="Folder to write the world model into.")
+    parser.add_argument("out_dir", type=Path, help="Folder to write the world model (or its CLIP) into.")
+    parser.add_argument("--make", choices=("world", "clip"), default="world",
+                        help="world: the text-to-image model (default); clip: the world's CLIP scoring model, trained "
+                             "with the --seed and --clip_* switches on renderings and VAE round trips through "
+                             "--english_world's VAE")
     parser.add_argument("--stage_dir", type=Path, default=None,
                         help="Where the VAE and judge are kept for reuse (default OUT_DIR.stage); the Chinese world "
                              "reuses the English one's: --stage_dir models/toy-world.stage")
     parser.add_argument("--english_world", type=Path, default=Path("models/toy-world"),
                         help="--language zh: the English world whose UNet, VAE and judge the Chinese one shares "
-                             "(built with the same --seed)")
+                             "(built with the same --seed); --make clip: the world whose VAE makes the reconstructions")
     for f in fields(Recipe):
         parser.add_argument(f"--{f.name}", type=_flag_type(f.default), default=f.default, choices=CHOICES.get(f.name),
                             help=f"(default {_show(f.default)})")
+    for f in fields(ClipRecipe):
+        if f.name != "seed":
+            parser.add_argument(f"--{CLIP_PREFIX}{f.name}", type=_flag_type(f.default), default=f.default,
+                                help=f"--make clip (default {_show(f.default)})")
     return parser.parse_args(argv)
+
+
+def _make_clip(args) -> dict:
+    recipe = ClipRecipe(**{f.name: getattr(args, f.name if f.name == "seed" else CLIP_PREFIX + f.name)
+                           for f in fields(ClipRecipe)})
+    if args.language != "en":
+        raise RecipeError("--make clip builds the English CLIP (its text tower reads the English world's tokenizer); "
+                          "drop --language zh")
+    return make_world_clip(args.out_dir, recipe, world=args.english_world)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
     try:
-        if recipe.language == "zh":
+        if args.make == "clip":
+            info = _make_clip(args)
+        elif recipe.language == "zh":
             make_world_zh(args.out_dir, args.english_world, recipe)
         else:
             make_world(args.out_dir, recipe, stage=args.stage_dir)
-    except RecipeError as exc:
+    except (RecipeError, ManifestError) as exc:
         print(f"make_toy_world.py: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     command = "python tools/make_toy_world.py " + " ".join(map(shlex.quote, argv if argv is not None else sys.argv[1:]))
     manifest = write_manifest(args.out_dir, command=command, seed=recipe.seed)
+    if args.make == "clip":
+        accuracy = ", ".join(f"{k} {v:.3f}" for k, v in info["zero_shot_held_out"].items())
+        print(f"wrote the toy world's CLIP to {args.out_dir} ({manifest['total_bytes']:,} bytes); zero-shot "
+              f"accuracy on held-out renderings: {accuracy}")
+        return 0
     print(f"wrote the toy world to {args.out_dir} ({manifest['total_bytes']:,} bytes of weights)")
     return 0
 

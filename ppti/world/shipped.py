@@ -1,5 +1,6 @@
-"""The world model that ships with the repository (`models/toy-world/`), checked against its sha256 manifest
-before use, and the ways to run it: the pipeline, its judge, and sampling to uint8 arrays."""
+"""The world model that ships with the repository (`models/toy-world/`) and its CLIP (`models/toy-world-clip/`),
+each checked against its sha256 manifest before use, and the ways to run the world: the pipeline, its judge, and
+sampling to uint8 arrays."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from ..manifest import ManifestError, verify_manifest
 
 WORLD_DIR = Path(__file__).resolve().parents[2] / "models" / "toy-world"
+CLIP_DIR = WORLD_DIR.with_name("toy-world-clip")  # the world's CLIP (clip.py), for tools/evaluate.py --clip_model
 NUM_INFERENCE_STEPS = 25
 GUIDANCE_SCALE = 7.5  # the validation grid's setting (ppti/validation.py)
 
@@ -20,6 +22,17 @@ def checked(folder: Path = WORLD_DIR) -> Path:
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise ManifestError(f"{folder}: no toy world here; build one with `python tools/make_toy_world.py {folder}`")
+    verify_manifest(folder)
+    return folder
+
+
+def checked_clip(folder: Path = CLIP_DIR) -> Path:
+    """The world's CLIP folder after verifying every file against its manifest.json (ManifestError names the
+    problem): give it to ClipScorer or tools/evaluate.py --clip_model."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ManifestError(f"{folder}: no toy-world CLIP here; build one with "
+                            f"`python tools/make_toy_world.py {folder} --make clip --seed 0`")
     verify_manifest(folder)
     return folder
 
