@@ -53,6 +53,7 @@ BY_TEST = {
     ),
     "builds": (
         "test_world.py::test_make_toy_world_is_deterministic_per_seed",
+        "test_world_clip.py::test_clip_build_is_deterministic_per_seed",
         "test_tiny.py::test_same_seed_same_bytes_other_seed_other_weights",
         "test_runfiles.py::test_the_pages_own_environment_imports_runfiles_without_paddle",
     ),
@@ -121,6 +122,8 @@ BY_TEST = {
         "test_world.py::test_training_on_the_chinese_world_teaches_a_style",
         "test_world.py::test_training_on_the_world_teaches_an_object",
         "test_world.py::test_training_on_the_world_teaches_the_concept",
+        "test_world_clip.py::test_bad_clip_recipe_is_refused_in_one_line_before_any_work",
+        "test_world_clip.py::test_zero_shot_reads_every_attribute_of_held_out_renderings",
         "test_world_judge_eval.py::test_a_prompt_the_world_cannot_follow_is_refused_in_one_line",
         "test_world_judge_eval.py::test_evaluate_on_the_world_adds_the_judge_columns_without_a_flag",
         # took 2-5 s in a quick-tier run under load (13:23, load average 6 on 2 cores): out of the 4-minute tier

@@ -117,9 +117,10 @@ def train_clip(model, tokenizer, images: np.ndarray, attrs: Sequence[Attributes]
     rng = random.Random(recipe.seed + 1)
     gauss = np.random.default_rng(recipe.seed + 1)
     paddle.seed(recipe.seed + 1)
-    schedule = paddle.optimizer.lr.LinearWarmup(
-        paddle.optimizer.lr.CosineAnnealingDecay(recipe.learning_rate, recipe.steps), warmup_steps=min(100, recipe.steps // 10),
-        start_lr=0.0, end_lr=recipe.learning_rate)
+    warmup = max(1, min(100, recipe.steps // 10))
+    schedule = paddle.optimizer.lr.LinearWarmup(paddle.optimizer.lr.CosineAnnealingDecay(recipe.learning_rate,
+                                                                                          recipe.steps),
+                                                warmup_steps=warmup, start_lr=0.0, end_lr=recipe.learning_rate)
     optimizer = paddle.optimizer.AdamW(learning_rate=schedule, parameters=model.parameters(), weight_decay=0.01)
     model.train()
     for _ in range(recipe.steps):
