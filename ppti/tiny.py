@@ -419,6 +419,16 @@ def save_clip(model, out: Path, language: str = "en") -> None:
               ).save_pretrained(str(out))
 
 
+def as_chinese_clip_tokenizer(folder: Path, model_max_length: int | None = None) -> None:
+    """Mark the BERT tokenizer files in `folder` as a ChineseCLIPTokenizer's (the same vocab.txt), the class
+    ChineseCLIPProcessor reads; `model_max_length` replaces the stored one if given."""
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "ChineseCLIPTokenizer"
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+    _write_json(folder / "tokenizer_config.json", config)
+
+
 def make_tiny_clip(out_dir, language: str = "en", seed: int = 0) -> Path:
     """Write a tiny random CLIP (text + vision towers, tokenizer, image processor) into `out_dir`, in the layout
     `CLIPModel`/`CLIPProcessor` (en) or `ChineseCLIPModel`/`ChineseCLIPProcessor` (zh, zh_en) `from_pretrained`
@@ -429,9 +439,7 @@ def make_tiny_clip(out_dir, language: str = "en", seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     vocab_size = (write_clip_tokenizer if language == "en" else _write_bert_tokenizer)(out)
     if language != "en":  # ChineseCLIPProcessor reads a ChineseCLIPTokenizer (a BERT vocab.txt)
-        config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
-        _write_json(out / "tokenizer_config.json", {**config, "tokenizer_class": "ChineseCLIPTokenizer",
-                                                    "model_max_length": 52})
+        as_chinese_clip_tokenizer(out, model_max_length=52)
     with _reproducible(seed):
         model = _clip_model(language, vocab_size)
     save_clip(model, out, language)

@@ -13,6 +13,8 @@ and the world's CLIP (text and image towers trained contrastively on the world's
 
     python tools/make_toy_world.py models/toy-world-clip --make clip --seed 0
 
+(with --language zh: a ChineseCLIPModel over the Chinese world's vocabulary, its samples drawn by models/toy-world-zh).
+
 The model folder is saved every --checkpoint_every diffusion steps, so an interrupted build leaves a usable model.
 """
 
@@ -28,7 +30,9 @@ from ppti.manifest import ManifestError, write_manifest
 from ppti.tool_cli import EXIT_BAD_INPUT, tool_parser
 
 CHOICES = {"prediction_type": ("epsilon", "v_prediction"), "noise_schedule": ("sd", "linear"), "language": ("en", "zh")}
-CLIP_PREFIX = "clip_"  # ClipRecipe fields are --clip_<name> (the seed is the shared --seed)
+CLIP_PREFIX = "clip_"  # ClipRecipe fields are --clip_<name>, except these two shared with the world's recipe:
+SHARED = ("seed", "language")
+WORLDS = {"en": Path("models/toy-world"), "zh": Path("models/toy-world-zh")}
 
 
 def _channels(text: str) -> tuple:
@@ -57,31 +61,31 @@ def parse_args(argv=None):
     parser.add_argument("out_dir", type=Path, help="Folder to write the world model (or its CLIP) into.")
     parser.add_argument("--make", choices=("world", "clip"), default="world",
                         help="world: the text-to-image model (default); clip: the world's CLIP scoring model, trained "
-                             "with the --seed and --clip_* switches on renderings and VAE round trips through "
-                             "--english_world's VAE")
+                             "with the --seed, --language and --clip_* switches on renderings and their round trips "
+                             "through --world's VAE")
+    parser.add_argument("--world", type=Path, default=None,
+                        help="--make clip: the world whose VAE, samples and judge the CLIP uses (default "
+                             "models/toy-world, with --language zh models/toy-world-zh)")
     parser.add_argument("--stage_dir", type=Path, default=None,
                         help="Where the VAE and judge are kept for reuse (default OUT_DIR.stage); the Chinese world "
                              "reuses the English one's: --stage_dir models/toy-world.stage")
     parser.add_argument("--english_world", type=Path, default=Path("models/toy-world"),
                         help="--language zh: the English world whose UNet, VAE and judge the Chinese one shares "
-                             "(built with the same --seed); --make clip: the world whose VAE makes the reconstructions")
+                             "(built with the same --seed)")
     for f in fields(Recipe):
         parser.add_argument(f"--{f.name}", type=_flag_type(f.default), default=f.default, choices=CHOICES.get(f.name),
                             help=f"(default {_show(f.default)})")
     for f in fields(ClipRecipe):
-        if f.name != "seed":
+        if f.name not in SHARED:
             parser.add_argument(f"--{CLIP_PREFIX}{f.name}", type=_flag_type(f.default), default=f.default,
                                 help=f"--make clip (default {_show(f.default)})")
     return parser.parse_args(argv)
 
 
 def _make_clip(args) -> dict:
-    recipe = ClipRecipe(**{f.name: getattr(args, f.name if f.name == "seed" else CLIP_PREFIX + f.name)
+    recipe = ClipRecipe(**{f.name: getattr(args, f.name if f.name in SHARED else CLIP_PREFIX + f.name)
                            for f in fields(ClipRecipe)})
-    if args.language != "en":
-        raise RecipeError("--make clip builds the English CLIP (its text tower reads the English world's tokenizer); "
-                          "drop --language zh")
-    return make_world_clip(args.out_dir, recipe, world=args.english_world)
+    return make_world_clip(args.out_dir, recipe, world=args.world or WORLDS[recipe.language])
 
 
 def main(argv=None) -> int:

@@ -31,8 +31,9 @@ def checked_clip(folder: Path = CLIP_DIR) -> Path:
     problem): give it to ClipScorer or tools/evaluate.py --clip_model."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
+        zh = " --language zh" if folder.name.endswith("-zh") else ""
         raise ManifestError(f"{folder}: no toy-world CLIP here; build one with "
-                            f"`python tools/make_toy_world.py {folder} --make clip --seed 0`")
+                            f"`python tools/make_toy_world.py {folder} --make clip --seed 0{zh}`")
     verify_manifest(folder)
     return folder
 
