@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 
 from ppti.tool_cli import tool_parser
@@ -40,6 +42,9 @@ from ppti.world.shipped import WORLD_DIR
 
 CLIP_DIR = REPO / "models" / "toy-world-clip"
 ANY_STEP_RATIO = 0.95  # the issue's bar: a chosen step scores at least this fraction of the best step
+# judge samples per group and sample repeat (ppti/world/recovery.py): 7 edits (4 colours, 3 backgrounds), 6 shapes
+GROUP_SIZES = {"concept": CONCEPT_SAMPLES, "edit": 7 * SAMPLES_PER_EDIT, "transfer": 6 * SAMPLES_PER_EDIT}
+GROUPS = {"object": ("concept", "edit"), "style": ("concept", "edit", "transfer")}
 WINDOWS = (2, 3, 4, 5, 6, 8, 10)  # the early-stopping grid (evaluations)
 THRESHOLDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
@@ -69,12 +74,22 @@ def ppti_rule(rows: Sequence[dict]) -> int:
                       for r in rows]).step
 
 
+PPTI_RULE = "ppti (tools/evaluate.py)"
+def text_first(rows: Sequence[dict]) -> int:
+    """The highest text similarity among the steps whose image similarity is in the upper half of the run's
+    (at least the median): follow the prompt best among the steps that show the concept."""
+    images = sorted(r["image_similarity"] for r in rows)
+    median = images[(len(images) - 1) // 2]
+    return _first_best([r for r in rows if r["image_similarity"] >= median], lambda r: r["text_similarity"])
+
+
 RULES: dict[str, Callable[[Sequence[dict]], int]] = {
-    "ppti (tools/evaluate.py)": ppti_rule,
+    PPTI_RULE: ppti_rule,
     "last step": lambda rows: rows[-1]["step"],
     "max image similarity": lambda rows: _first_best(rows, lambda r: r["image_similarity"]),
     "max text similarity": lambda rows: _first_best(rows, lambda r: r["text_similarity"]),
     "min eval loss": lambda rows: _first_best(rows, lambda r: -r["eval_loss"]),
+    "max text similarity, image similarity at least the median": text_first,
     "norm cap 1.5x vocabulary median": norm_cap(1.5),
     "norm cap 2x vocabulary median": norm_cap(2.0),
     "norm cap 3x vocabulary median": norm_cap(3.0),
@@ -94,14 +109,37 @@ def early_stop_step(rows: Sequence[dict], window: int, threshold: float) -> int:
 
 
 def rule_table(runs: Sequence[dict]) -> list[dict]:
-    """Per rule: its mean and worst ratio (its step's combined score over the best's) and how many runs reach
-    ANY_STEP_RATIO, over `runs` (concept entries with "per_step")."""
+    """Per rule: its mean and worst ratio (its step's combined score over the best's), the standard error of the
+    mean over the runs, and how many runs reach ANY_STEP_RATIO, over `runs` (concept entries with "per_step")."""
+    def error(values: np.ndarray) -> float:
+        return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+    ratios = {name: np.array([ratio(run, rule(run["per_step"])) for run in runs]) for name, rule in RULES.items()}
     table = []
-    for name, rule in RULES.items():
-        ratios = [ratio(run, rule(run["per_step"])) for run in runs]
-        table.append({"name": name, "mean_ratio": round(sum(ratios) / len(ratios), 4), "min_ratio": round(min(ratios), 4),
-                      "runs_at_bar": sum(r >= ANY_STEP_RATIO for r in ratios), "runs": len(ratios)})
+    for name, values in ratios.items():
+        difference = values - ratios[PPTI_RULE]  # paired: the same runs
+        table.append({"name": name, "mean_ratio": round(float(values.mean()), 4), "std_error": round(error(values), 4),
+                      "min_ratio": round(float(values.min()), 4), "runs_at_bar": int((values >= ANY_STEP_RATIO).sum()),
+                      "runs": len(values), "minus_ppti": round(float(difference.mean()), 4),
+                      "minus_ppti_std_error": round(error(difference), 4)})
     return table
+
+
+def noise_ceiling(runs: Sequence[dict], draws: int = 2000, seed: int = 0) -> dict:
+    """What a rule that always picks the truly best step would score against the measured best, given the judge's
+    sampling noise: each step's measured score is taken as its true rate, every step is measured again
+    (binomial, the run's samples per step), and the true best step's new score is divided by the new best.
+    Returns the mean of that ratio and the share of (run, draw) pairs reaching ANY_STEP_RATIO."""
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for run in runs:
+        rates = np.array([r["score"] for r in run["per_step"]])
+        measured = rng.binomial(run["samples_per_step"], rates, size=(draws, len(rates))) / run["samples_per_step"]
+        best = measured.max(axis=1)
+        ratios.append(np.where(best > 0, measured[:, int(rates.argmax())] / np.maximum(best, 1e-12), 1.0))
+    ratios = np.concatenate(ratios)
+    return {"mean_ratio": round(float(ratios.mean()), 4), "share_at_bar": round(float((ratios >= ANY_STEP_RATIO).mean()), 4),
+            "draws_per_run": draws}
 
 
 def ratio(run: dict, step: int) -> float:
@@ -215,7 +253,6 @@ def judge_scores(args, pipe, judge, concept, run_dir: Path, steps: dict[int, str
     pipe.load_textual_inversion(str(next(iter(paths.values()))))
     token_id = pipe.tokenizer.convert_tokens_to_ids(concept.token)
     weight = pipe.text_encoder.get_input_embeddings().weight
-    sizes = {"concept": CONCEPT_SAMPLES, "edit": 7 * SAMPLES_PER_EDIT, "transfer": 6 * SAMPLES_PER_EDIT}
     out = {}
     for step in steps:
         (embedding,) = read_embeddings(paths[step])
@@ -223,7 +260,7 @@ def judge_scores(args, pipe, judge, concept, run_dir: Path, steps: dict[int, str
         rows[token_id] = embedding.vectors.reshape(-1)
         weight.set_value(paddle.to_tensor(rows))
         groups = evaluate(pipe, judge, concept, concept.token, edits=True, repeats=args.sample_repeats)
-        combined = sum(groups[g] * sizes[g] for g in groups) / sum(sizes[g] for g in groups)
+        combined = sum(groups[g] * GROUP_SIZES[g] for g in groups) / sum(GROUP_SIZES[g] for g in groups)
         out[step] = {**{f"judge_{g}": round(v, 4) for g, v in groups.items()}, "score": round(combined, 4)}
     _forget_token(pipe, concept.token)
     return out
@@ -260,7 +297,8 @@ def run_one(args, concept, seed: int, pipe, judge, work: Path) -> Optional[dict]
     started = time.time()
     run_dir = work / f"run-{concept.word}-{seed}"
     truth_file = run_dir / "judge-truth.json"
-    if not truth_file.is_file():
+    reused = truth_file.is_file()
+    if not reused:
         data = write_concept_images(concept, work / f"data-{concept.word}-{seed}", args.num_images, seed)
         train(args, concept, seed, data, run_dir)
         steps = {s: f"learned_embeds-steps-{s}.pdparams" for s in range(args.save_steps, args.max_train_steps + 1,
@@ -275,15 +313,32 @@ def run_one(args, concept, seed: int, pipe, judge, work: Path) -> Optional[dict]
     per_step = [{"step": r["step"], **truth[r["step"]],
                  **{k: round(float(r[k]), 6) for k in ("image_similarity", "text_similarity", "eval_loss", "norm")},
                  "norm_ratio": round(float(r["norm"]) / median, 4)} for r in rows]
+    return summarise({"name": concept.word, "kind": concept.kind, "seed": seed, "max_steps": args.max_train_steps,
+                      "samples_per_step": samples_per_step(concept, args.sample_repeats),
+                      "seconds": None if reused else round(time.time() - started, 1), "per_step": per_step})
+
+
+def samples_per_step(concept, repeats: int) -> int:
+    """Judge samples behind each step's combined score (ppti/world/recovery.py evaluate's groups)."""
+    return sum(GROUP_SIZES[g] for g in GROUPS[concept.kind]) * repeats
+
+
+def summarise(run: dict) -> dict:
+    """The run with its best step, ppti's recommended step, where --early_stopping (the trainer's defaults) stops
+    and every rule's step, from its per-step table (--merge recomputes them: the rules may have changed)."""
+    per_step = run["per_step"]
     best = max(per_step, key=lambda r: (r["score"], -r["step"]))
     recommended = ppti_rule(per_step)
     stop = early_stop_step(per_step, *EARLY_STOPPING_DEFAULTS)
     score_at = {r["step"]: r["score"] for r in per_step}
-    return {"name": concept.word, "kind": concept.kind, "seed": seed, "max_steps": args.max_train_steps,
-            "best_step": best["step"], "best_score": best["score"], "recommended_step": recommended,
+    head = {k: run[k] for k in ("name", "kind", "seed", "max_steps", "samples_per_step")}
+    losses, scores = np.array([r["eval_loss"] for r in per_step]), np.array([r["score"] for r in per_step])
+    evidence = {"eval_loss_spread": round(float(losses.std() / losses.mean()), 4),  # what --early_stopping watches
+                "eval_loss_score_correlation": round(float(np.corrcoef(losses, scores)[0, 1]), 4)}
+    return {**head, **evidence, "best_step": best["step"], "best_score": best["score"], "recommended_step": recommended,
             "recommended_score": score_at[recommended], "early_stop_step": stop, "early_stop_score": score_at[stop],
             "steps_run": stop, "rule_steps": {name: rule(per_step) for name, rule in RULES.items()},
-            "seconds": round(time.time() - started, 1), "per_step": per_step}
+            "seconds": run.get("seconds"), "per_step": per_step}
 
 
 def _defaults() -> tuple[int, float]:
@@ -316,15 +371,27 @@ PLOT_PANELS = (("image_similarity", "CLIP image similarity"), ("text_similarity"
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.merge:
-        runs = [run for path in args.merge for run in json.loads(path.read_text(encoding="utf-8"))["concepts"]]
+        runs = [summarise(run) for path in args.merge
+                for run in json.loads(path.read_text(encoding="utf-8"))["concepts"]]
     else:
         runs = run_all(args)
         if args.truth_only:
             return 0
-    rules, stopping = rule_table(runs), early_stopping_table(runs)
-    print("\n| rule | mean ratio | worst ratio | runs >= 0.95 of best |\n|---|---|---|---|")
+    rules, stopping, ceiling = rule_table(runs), early_stopping_table(runs), noise_ceiling(runs)
+    print("\n| concept | seed | best step (score) | recommended step (score, ratio) | eval/loss spread | "
+          "eval/loss-score correlation |\n|---|---|---|---|---|---|")
+    for run in runs:
+        print(f"| {run['name']} ({run['kind']}) | {run['seed']} | {run['best_step']} ({run['best_score']:.2f}) | "
+              f"{run['recommended_step']} ({run['recommended_score']:.2f}, "
+              f"{ratio(run, run['recommended_step']):.2f}) | {run['eval_loss_spread']:.1%} | "
+              f"{run['eval_loss_score_correlation']:+.2f} |")
+    print("\n| rule | mean ratio ± s.e. | minus ppti's ± s.e. | worst ratio | runs >= 0.95 of best |\n"
+          "|---|---|---|---|---|")
     for r in rules:
-        print(f"| {r['name']} | {r['mean_ratio']:.3f} | {r['min_ratio']:.3f} | {r['runs_at_bar']}/{r['runs']} |")
+        print(f"| {r['name']} | {r['mean_ratio']:.3f} ± {r['std_error']:.3f} | {r['minus_ppti']:+.3f} ± "
+              f"{r['minus_ppti_std_error']:.3f} | {r['min_ratio']:.3f} | {r['runs_at_bar']}/{r['runs']} |")
+    print(f"| the truly best step, measured again (noise ceiling) | {ceiling['mean_ratio']:.3f} | | | "
+          f"{ceiling['share_at_bar']:.0%} of draws |")
     safe = [s for s in stopping if s["safe"]]
     print(f"\nearly stopping: {len(safe)} of {len(stopping)} (window, threshold) settings safe on every run"
           + (f"; most steps saved: {max(safe, key=lambda s: s['mean_saved'])}" if safe else ""))
@@ -341,7 +408,7 @@ def main(argv=None) -> int:
         config["early_stopping_defaults"] = list(EARLY_STOPPING_DEFAULTS)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"config": config, "concepts": runs, "rules": rules,
-                                         "early_stopping": stopping}, indent=1) + "\n")
+                                         "noise_ceiling": ceiling, "early_stopping": stopping}, indent=1) + "\n")
     return 0
 
 
