@@ -75,6 +75,23 @@ def ppti_rule(rows: Sequence[dict]) -> int:
 
 
 PPTI_RULE = "ppti (tools/evaluate.py)"
+def pareto_steps(rows: Sequence[dict]) -> list[int]:
+    """The steps no other step beats on both CLIP similarities (ppti/evaluation/scores.py pareto_front)."""
+    from ppti.evaluation.scores import Row, pareto_front
+
+    return [r.step for r in pareto_front([Row(r["step"], r["image_similarity"], r["text_similarity"], r["eval_loss"],
+                                              r["norm"], 0.0, "") for r in rows])]
+
+
+def front_summary(runs: Sequence[dict]) -> dict:
+    """A user who compares the Pareto-front steps by eye and picks the best of them: its mean ratio, the runs where
+    it reaches ANY_STEP_RATIO, and how many steps the front holds."""
+    ratios = [run["pareto_front_best_ratio"] for run in runs]
+    sizes = [len(run["pareto_front"]) for run in runs]
+    return {"mean_ratio": round(sum(ratios) / len(ratios), 4), "runs_at_bar": sum(r >= ANY_STEP_RATIO for r in ratios),
+            "runs": len(ratios), "min_steps": min(sizes), "max_steps": max(sizes)}
+
+
 def text_first(rows: Sequence[dict]) -> int:
     """The highest text similarity among the steps whose image similarity is in the upper half of the run's
     (at least the median): follow the prompt best among the steps that show the concept."""
@@ -335,6 +352,9 @@ def summarise(run: dict) -> dict:
     losses, scores = np.array([r["eval_loss"] for r in per_step]), np.array([r["score"] for r in per_step])
     evidence = {"eval_loss_spread": round(float(losses.std() / losses.mean()), 4),  # what --early_stopping watches
                 "eval_loss_score_correlation": round(float(np.corrcoef(losses, scores)[0, 1]), 4)}
+    front = pareto_steps(per_step)
+    evidence["pareto_front"] = front  # tools/evaluate.py's candidates (scores.json "pareto_front")
+    evidence["pareto_front_best_ratio"] = round(max(score_at[s] for s in front) / best["score"], 4) if best["score"] else 1.0
     return {**head, **evidence, "best_step": best["step"], "best_score": best["score"], "recommended_step": recommended,
             "recommended_score": score_at[recommended], "early_stop_step": stop, "early_stop_score": score_at[stop],
             "steps_run": stop, "rule_steps": {name: rule(per_step) for name, rule in RULES.items()},
@@ -378,6 +398,7 @@ def main(argv=None) -> int:
         if args.truth_only:
             return 0
     rules, stopping, ceiling = rule_table(runs), early_stopping_table(runs), noise_ceiling(runs)
+    front = front_summary(runs)
     print("\n| concept | seed | best step (score) | recommended step (score, ratio) | eval/loss spread | "
           "eval/loss-score correlation |\n|---|---|---|---|---|---|")
     for run in runs:
@@ -392,6 +413,8 @@ def main(argv=None) -> int:
               f"{r['minus_ppti_std_error']:.3f} | {r['min_ratio']:.3f} | {r['runs_at_bar']}/{r['runs']} |")
     print(f"| the truly best step, measured again (noise ceiling) | {ceiling['mean_ratio']:.3f} | | | "
           f"{ceiling['share_at_bar']:.0%} of draws |")
+    print(f"| the best of the Pareto front's {front['min_steps']}-{front['max_steps']} steps, compared by eye | "
+          f"{front['mean_ratio']:.3f} | | | {front['runs_at_bar']}/{front['runs']} |")
     safe = [s for s in stopping if s["safe"]]
     print(f"\nearly stopping: {len(safe)} of {len(stopping)} (window, threshold) settings safe on every run"
           + (f"; most steps saved: {max(safe, key=lambda s: s['mean_saved'])}" if safe else ""))
@@ -408,7 +431,8 @@ def main(argv=None) -> int:
         config["early_stopping_defaults"] = list(EARLY_STOPPING_DEFAULTS)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"config": config, "concepts": runs, "rules": rules,
-                                         "noise_ceiling": ceiling, "early_stopping": stopping}, indent=1) + "\n")
+                                         "noise_ceiling": ceiling, "pareto_front": front,
+                                         "early_stopping": stopping}, indent=1) + "\n")
     return 0
 
 

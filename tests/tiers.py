@@ -126,6 +126,7 @@ BY_TEST = {
         "test_world_clip.py::test_zero_shot_reads_every_attribute_of_held_out_renderings",
         "test_world_judge_eval.py::test_a_prompt_the_world_cannot_follow_is_refused_in_one_line",
         "test_world_judge_eval.py::test_evaluate_on_the_world_adds_the_judge_columns_without_a_flag",
+        "test_step_choice.py::test_a_short_benchmark_run_writes_the_schema_and_repeats_itself_exactly",
         # took 2-5 s in a quick-tier run under load (13:23, load average 6 on 2 cores): out of the 4-minute tier
         "test_buckets.py::test_bucketed_cache_gives_each_variant_its_own_vae_posterior",
         "test_buckets.py::test_resume_with_buckets_and_captions_is_bitwise",

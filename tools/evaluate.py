@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     from ppti.embeddings import EmbeddingFormatError
     from ppti.evaluate import Settings, evaluate_run, load_line
     from ppti.evaluation.clip import EvaluationError
+    from ppti.evaluation.scores import pareto_front
     from ppti.models import ModelError
     from ppti.reporting import setup_console
     from ppti.tokens import TokenError
@@ -96,8 +97,11 @@ def main(argv=None) -> int:
     print(f"{len(result.rows)} file(s), {result.seconds_per_file:.1f} s per file; wrote "
           + ", ".join(str(p) for p in result.written))
     if result.recommended is not None:
+        front = ", ".join(str(r.step) for r in sorted(pareto_front(result.rows), key=lambda r: r.step))
         print(f"recommended step: {result.recommended.step}; load it with:\n"
-              f"    {load_line(args.run_dir, result.recommended)}")
+              f"    {load_line(args.run_dir, result.recommended)}\n"
+              f"steps no other step beats on both similarities (the Pareto front): {front}; compare them in "
+              "contact_sheet.png before you settle (docs/evaluation.md, 'Which step is best')")
     return 0
 
 

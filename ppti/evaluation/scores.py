@@ -65,6 +65,7 @@ def recommend(rows: Sequence[Row]) -> Optional[Row]:
 def to_json(rows: Sequence[Row], recommended: Optional[Row]) -> str:
     return json.dumps({"recommended_step": recommended.step if recommended else None,
                        "rule": "closest to (1, 1) of the min-max scaled image/text similarities",
+                       "pareto_front": [r.step for r in pareto_front(rows)],
                        "rows": [r.as_dict() for r in rows]}, indent=1, ensure_ascii=False)
 
 
