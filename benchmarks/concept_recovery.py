@@ -48,25 +48,9 @@ def parse_args(argv=None):
     return args
 
 
-def train_concept(args, concept, data_dir: Path, out_dir: Path) -> None:
-    """ppti's own entry point, in this process."""
-    from ppti.cli import main as ppti_main
-
-    code = ppti_main([
-        "--pretrained_model_name_or_path", str(args.world), "--train_data_dir", str(data_dir),
-        "--output_dir", str(out_dir), "--placeholder_token", concept.token, "--initializer_token",
-        concept.initializer, "--learnable_property", concept.kind, "--num_vectors", str(args.num_vectors),
-        "--resolution", "32", "--train_batch_size", str(args.train_batch_size), "--max_train_steps",
-        str(args.max_train_steps), "--learning_rate", str(args.learning_rate), "--lr_scheduler", "constant",
-        "--lr_warmup_steps", "0", "--repeats", "20", "--seed", str(args.seed), "--report_to", "none",
-        "--save_steps", str(args.max_train_steps)])
-    if code != 0:
-        raise SystemExit(f"training {concept.token} failed (exit code {code})")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ppti.world.recovery import evaluate, write_concept_images
+    from ppti.world.recovery import evaluate, train_concept, write_concept_images
     from ppti.world.shipped import load_pipeline, load_world_judge
 
     pipe, judge = load_pipeline(args.world), load_world_judge(args.world)
@@ -76,7 +60,9 @@ def main(argv=None) -> int:
             start = time.time()
             data = write_concept_images(concept, Path(tmp) / f"data-{concept.word}", args.num_images, args.seed)
             out = Path(tmp) / f"out-{concept.word}"
-            train_concept(args, concept, data, out)
+            train_concept(args.world, concept, data, out, seed=args.seed, max_train_steps=args.max_train_steps,
+                          learning_rate=args.learning_rate, train_batch_size=args.train_batch_size,
+                          save_steps=args.max_train_steps, num_vectors=args.num_vectors)
             pipe.load_textual_inversion(str(out / "learned_embeds.pdparams"))
             initial = " ".join([concept.initializer] * args.num_vectors)
             before = evaluate(pipe, judge, concept, initial, edits=False, repeats=args.sample_repeats)

@@ -18,9 +18,9 @@ Per held-out concept (objects: star, heart; styles: striped, outlined) and seed:
 5. Early stopping: --early_stopping replayed on the eval/loss of the saved steps (the trainer's own EarlyStopping
    class on the same numbers training logs), with the trainer's defaults and a grid of windows and thresholds.
 
-Writes --json ({"config", "concepts", "rules", "early_stopping"}; each concept entry also holds its per-step table)
-and, with --plot_dir, one plot per concept and seed. Deterministic for fixed seeds. About 7 minutes per concept and
-seed on 2 CPU cores.
+Writes --json ({"config", "concepts", "rules", "noise_ceiling", "pareto_front", "early_stopping"}; each concept
+entry also holds its per-step table) and, with --plot_dir, one plot per concept and seed. Deterministic for fixed
+seeds. 284-814 s per concept and seed here (2 CPU cores shared by up to three runs).
 """
 
 from __future__ import annotations
@@ -36,15 +36,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 
+from ppti.config import TrainConfig
 from ppti.tool_cli import tool_parser
 from ppti.world.recovery import CONCEPTS, SAMPLES_PER_EDIT, CONCEPT_SAMPLES
-from ppti.world.shipped import WORLD_DIR
+from ppti.world.shipped import CLIP_DIR, WORLD_DIR
 
-CLIP_DIR = REPO / "models" / "toy-world-clip"
 ANY_STEP_RATIO = 0.95  # the issue's bar: a chosen step scores at least this fraction of the best step
-# judge samples per group and sample repeat (ppti/world/recovery.py): 7 edits (4 colours, 3 backgrounds), 6 shapes
-GROUP_SIZES = {"concept": CONCEPT_SAMPLES, "edit": 7 * SAMPLES_PER_EDIT, "transfer": 6 * SAMPLES_PER_EDIT}
-GROUPS = {"object": ("concept", "edit"), "style": ("concept", "edit", "transfer")}
+EARLY_STOPPING_DEFAULTS = (TrainConfig.early_stopping_window, TrainConfig.early_stopping_threshold)
 WINDOWS = (2, 3, 4, 5, 6, 8, 10)  # the early-stopping grid (evaluations)
 THRESHOLDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
@@ -66,21 +64,29 @@ def norm_cap(factor: float) -> Callable[[Sequence[dict]], int]:
     return rule
 
 
+def score_rows(rows: Sequence[dict], extra=lambda r: {}) -> list:
+    """The per-step dicts as ppti/evaluation/scores.py Rows (no drift or file: no rule reads them)."""
+    from ppti.evaluation.scores import Row
+
+    return [Row(r["step"], r["image_similarity"], r["text_similarity"], r["eval_loss"], r["norm"], 0.0, "", extra(r))
+            for r in rows]
+
+
 def ppti_rule(rows: Sequence[dict]) -> int:
     """tools/evaluate.py's recommendation (ppti/evaluation/scores.py recommend) on the same rows."""
-    from ppti.evaluation.scores import Row, recommend
+    from ppti.evaluation.scores import recommend
 
-    return recommend([Row(r["step"], r["image_similarity"], r["text_similarity"], r["eval_loss"], r["norm"], 0.0, "")
-                      for r in rows]).step
+    return recommend(score_rows(rows)).step
+
+
+def pareto_steps(rows: Sequence[dict]) -> list[int]:
+    """The steps no other step beats on both CLIP similarities (ppti/evaluation/scores.py pareto_front)."""
+    from ppti.evaluation.scores import pareto_front
+
+    return [r.step for r in pareto_front(score_rows(rows))]
 
 
 PPTI_RULE = "ppti (tools/evaluate.py)"
-def pareto_steps(rows: Sequence[dict]) -> list[int]:
-    """The steps no other step beats on both CLIP similarities (ppti/evaluation/scores.py pareto_front)."""
-    from ppti.evaluation.scores import Row, pareto_front
-
-    return [r.step for r in pareto_front([Row(r["step"], r["image_similarity"], r["text_similarity"], r["eval_loss"],
-                                              r["norm"], 0.0, "") for r in rows])]
 
 
 def front_summary(runs: Sequence[dict]) -> dict:
@@ -221,22 +227,6 @@ def parse_args(argv=None):
     return args
 
 
-def train(args, concept, seed: int, data_dir: Path, out_dir: Path) -> None:
-    """ppti's own entry point, in this process."""
-    from ppti.cli import main as ppti_main
-
-    code = ppti_main([
-        "--pretrained_model_name_or_path", str(args.world), "--train_data_dir", str(data_dir),
-        "--output_dir", str(out_dir), "--placeholder_token", concept.token, "--initializer_token",
-        concept.initializer, "--learnable_property", concept.kind, "--resolution", "32",
-        "--train_batch_size", str(args.train_batch_size), "--max_train_steps", str(args.max_train_steps),
-        "--learning_rate", str(args.learning_rate), "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
-        "--repeats", "20", "--seed", str(seed), "--report_to", "none", "--save_steps", str(args.save_steps),
-        "--eval_steps", str(args.save_steps), "--checkpointing_steps", str(args.max_train_steps)])
-    if code != 0:
-        raise SystemExit(f"training {concept.token} (seed {seed}) failed (exit code {code})")
-
-
 def world_prompts(concept) -> list[str]:
     """tools/evaluate.py --prompts: the reconstruction prompt, then the recovery edits (one per colour/background)."""
     from ppti.world.recovery import concept_prompts, edit_prompts
@@ -270,54 +260,46 @@ def judge_scores(args, pipe, judge, concept, run_dir: Path, steps: dict[int, str
     pipe.load_textual_inversion(str(next(iter(paths.values()))))
     token_id = pipe.tokenizer.convert_tokens_to_ids(concept.token)
     weight = pipe.text_encoder.get_input_embeddings().weight
-    out = {}
+    sizes, out = group_sizes(concept, args.sample_repeats), {}
     for step in steps:
         (embedding,) = read_embeddings(paths[step])
         rows = weight.numpy()
         rows[token_id] = embedding.vectors.reshape(-1)
         weight.set_value(paddle.to_tensor(rows))
         groups = evaluate(pipe, judge, concept, concept.token, edits=True, repeats=args.sample_repeats)
-        combined = sum(groups[g] * GROUP_SIZES[g] for g in groups) / sum(GROUP_SIZES[g] for g in groups)
+        combined = sum(groups[g] * sizes[g] for g in groups) / sum(sizes.values())
         out[step] = {**{f"judge_{g}": round(v, 4) for g, v in groups.items()}, "score": round(combined, 4)}
-    _forget_token(pipe, concept.token)
     return out
 
 
 def vocabulary_median(pipe, token: str) -> float:
-    """The median norm of the world's word embeddings (the placeholder's row left out, if present)."""
+    """The median norm of the world's word embeddings, taken before the placeholder is added: the row its name
+    resolves to then (the unknown token's) is left out."""
     from ppti.evaluation.embedding import vocabulary_median_norm
 
     weight = pipe.text_encoder.get_input_embeddings().weight.numpy()
-    return vocabulary_median_norm(weight, [i for i in [pipe.tokenizer.convert_tokens_to_ids(token)] if i < len(weight)])
+    return vocabulary_median_norm(weight, [pipe.tokenizer.convert_tokens_to_ids(token)])
 
 
-def _forget_token(pipe, token: str) -> None:
-    """The next run's load_textual_inversion adds the token afresh (ppdiffusers refuses a token it already has)."""
-    tokenizer = pipe.tokenizer
-    for table in ("added_tokens_encoder", "_added_tokens_encoder"):
-        getattr(tokenizer, table, {}).pop(token, None)
-    for table in ("added_tokens_decoder", "_added_tokens_decoder"):
-        decoder = getattr(tokenizer, table, None)
-        if isinstance(decoder, dict):
-            for key in [k for k, v in decoder.items() if str(v) == token]:
-                decoder.pop(key)
-    if hasattr(tokenizer, "unique_no_split_tokens") and token in tokenizer.unique_no_split_tokens:
-        tokenizer.unique_no_split_tokens.remove(token)
-
-
-def run_one(args, concept, seed: int, pipe, judge, work: Path) -> Optional[dict]:
+def run_one(args, concept, seed: int, judge, work: Path) -> Optional[dict]:
     """Train, score the truth and run tools/evaluate.py for one concept and seed. In --keep_runs, a run already
     trained and scored there is reused (training is deterministic for the seed: the same flags give the same
     files), and so is an evaluation by the same --clip_model."""
-    from ppti.world.recovery import write_concept_images
+    from ppti.world.recovery import train_concept, write_concept_images
+    from ppti.world.shipped import load_pipeline
 
     started = time.time()
+    pipe = load_pipeline(args.world)  # a fresh one per run: the judge's samples add the run's token to it
+    median = vocabulary_median(pipe, concept.token)
     run_dir = work / f"run-{concept.word}-{seed}"
     truth_file = run_dir / "judge-truth.json"
     reused = truth_file.is_file()
     if not reused:
         data = write_concept_images(concept, work / f"data-{concept.word}-{seed}", args.num_images, seed)
-        train(args, concept, seed, data, run_dir)
+        train_concept(args.world, concept, data, run_dir, seed=seed, max_train_steps=args.max_train_steps,
+                      learning_rate=args.learning_rate, train_batch_size=args.train_batch_size,
+                      save_steps=args.save_steps, extra=("--eval_steps", str(args.save_steps),
+                                                         "--checkpointing_steps", str(args.max_train_steps)))
         steps = {s: f"learned_embeds-steps-{s}.pdparams" for s in range(args.save_steps, args.max_train_steps + 1,
                                                                         args.save_steps)}
         truth = judge_scores(args, pipe, judge, concept, run_dir, steps)
@@ -326,7 +308,6 @@ def run_one(args, concept, seed: int, pipe, judge, work: Path) -> Optional[dict]
     if args.truth_only:
         return None
     rows = [r for r in clip_rows(args, concept, run_dir) if r["step"] in truth]
-    median = vocabulary_median(pipe, concept.token)
     per_step = [{"step": r["step"], **truth[r["step"]],
                  **{k: round(float(r[k]), 6) for k in ("image_similarity", "text_similarity", "eval_loss", "norm")},
                  "norm_ratio": round(float(r["norm"]) / median, 4)} for r in rows]
@@ -335,9 +316,20 @@ def run_one(args, concept, seed: int, pipe, judge, work: Path) -> Optional[dict]
                       "seconds": None if reused else round(time.time() - started, 1), "per_step": per_step})
 
 
+def group_sizes(concept, repeats: int) -> dict[str, int]:
+    """Judge samples per group of ppti/world/recovery.py's evaluate() (concept, edit and, for styles, transfer)."""
+    from ppti.world.recovery import concept_prompts, edit_prompts, transfer_prompts
+
+    sizes = {"concept": len(concept_prompts(concept, CONCEPT_SAMPLES * repeats)),
+             "edit": len(edit_prompts(concept, SAMPLES_PER_EDIT * repeats))}
+    if concept.kind == "style":
+        sizes["transfer"] = len(transfer_prompts(concept, SAMPLES_PER_EDIT * repeats))
+    return sizes
+
+
 def samples_per_step(concept, repeats: int) -> int:
-    """Judge samples behind each step's combined score (ppti/world/recovery.py evaluate's groups)."""
-    return sum(GROUP_SIZES[g] for g in GROUPS[concept.kind]) * repeats
+    """Judge samples behind each step's combined score."""
+    return sum(group_sizes(concept, repeats).values())
 
 
 def summarise(run: dict) -> dict:
@@ -361,22 +353,11 @@ def summarise(run: dict) -> dict:
             "seconds": run.get("seconds"), "per_step": per_step}
 
 
-def _defaults() -> tuple[int, float]:
-    from ppti.config import TrainConfig
-
-    return TrainConfig.early_stopping_window, TrainConfig.early_stopping_threshold
-
-
-EARLY_STOPPING_DEFAULTS = _defaults()
-
-
 def plot(run: dict):
     """Judge score, CLIP image/text similarity, eval loss and norm per step; the recommended step dashed."""
     from ppti.evaluation.drawing import plot as scores_plot
-    from ppti.evaluation.scores import Row
 
-    rows = [Row(r["step"], r["image_similarity"], r["text_similarity"], r["eval_loss"], r["norm"], 0.0, "",
-                {"judge_score": r["score"]}) for r in run["per_step"]]
+    rows = score_rows(run["per_step"], lambda r: {"judge_score": r["score"]})
     recommended = next(r for r in rows if r.step == run["recommended_step"])
     title = (f"{run['name']} (seed {run['seed']}): best step {run['best_step']} (judge {run['best_score']:.2f}); "
              f"recommended {run['recommended_step']} (judge {run['recommended_score']:.2f}, dashed)")
@@ -437,15 +418,15 @@ def main(argv=None) -> int:
 
 
 def run_all(args) -> list[dict]:
-    from ppti.world.shipped import load_pipeline, load_world_judge
+    from ppti.world.shipped import load_world_judge
 
-    pipe, judge = load_pipeline(args.world), load_world_judge(args.world)
+    judge = load_world_judge(args.world)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep_runs or Path(tmp)
         for concept in (c for c in CONCEPTS if c.word in args.concepts):
             for seed in args.seeds:
-                run = run_one(args, concept, seed, pipe, judge, work)
+                run = run_one(args, concept, seed, judge, work)
                 if run is None:
                     continue
                 runs.append(run)

@@ -16,6 +16,7 @@ from conftest import load_tool, run_tool
 from ppti.evaluation.clip import ClipScorer
 from ppti.manifest import ManifestError
 from ppti.world import clip
+from ppti.world.meaning import asked
 from ppti.world.render import render_batch
 from ppti.world.shipped import CLIP_DIR, WORLD_DIR, checked_clip
 
@@ -91,11 +92,11 @@ def test_captions_name_only_true_attributes_and_the_targets_follow_them():
     truth = clip.truth_matrix(attrs, texts)
     assert np.all(np.diag(truth) == 1)  # each image's own caption is true of it
     assert 0 < truth.mean() < 0.5  # and most other captions are not
-    assert clip.constraints("a photo of a object on a gray background") == {"background": "gray"}
-    assert clip.constraints("a painting in the style of striped") == {"texture": "striped"}
-    assert clip.constraints(clip.PROMPTS["colour"].format("red")) == {"colour": "red"}
-    assert clip.constraints("一张灰色背景上的红色条纹星星的照片") == {"background": "gray", "colour": "red",
-                                                                "texture": "striped", "shape": "star"}
+    assert asked("a photo of a object on a gray background") == {"background": "gray"}
+    assert asked("a painting in the style of striped") == {"texture": "striped"}
+    assert asked(clip.PROMPTS["colour"].format("red")) == {"colour": "red"}
+    assert asked("一张灰色背景上的红色条纹星星的照片") == {"background": "gray", "colour": "red",
+                                                        "texture": "striped", "shape": "star"}
     zh = clip.ClipRecipe(language="zh")
     texts = [clip.training_caption(a, rng, zh) for a in attrs]
     assert all(any("\u4e00" <= c <= "\u9fff" for c in t) for t in texts)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from ..templates import OBJECT_EN, OBJECT_ZH, STYLE_EN, STYLE_ZH
 from ..tiny import _clip_model, _reproducible, as_chinese_clip_tokenizer, save_clip
+from .meaning import asked
 from .render import ATTRIBUTES, BACKGROUNDS, COLOURS, NEUTRAL_OBJECT, NEUTRAL_OBJECT_ZH, SHAPES, TEXTURES, \
     Attributes, caption, caption_pair, caption_zh, full_caption, render_batch
 
@@ -44,8 +44,6 @@ WORDS_ZH = {"shape": SHAPES, "colour": {k: v[1] for k, v in COLOURS.items()}, "t
 CHANCE = {name: 1 / len(values) for name, values in ATTRIBUTES.items()}
 HELD_OUT_OFFSET = 30_000  # held-out renderings: render_batch(seed + HELD_OUT_OFFSET); training uses `seed`
 INFO_FILE = "clip_info.json"
-_VALUE_OF = {value: name for name, values in ATTRIBUTES.items() for value in values}  # "red" -> "colour"
-_ZH_VALUE_OF = {zh: (name, value) for name, words in WORDS_ZH.items() for value, zh in words.items()}  # 红色 -> ...
 _MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)  # CLIPImageProcessor's (OpenAI CLIP's) defaults
 _STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
@@ -81,13 +79,6 @@ def pixel_values(images: np.ndarray) -> np.ndarray:
     """uint8 [B, 32, 32, 3] -> float32 [B, 3, 32, 32], CLIPImageProcessor's normalisation (it neither resizes nor
     crops a 32x32 image)."""
     return ((images.astype(np.float32) / 255.0 - _MEAN) / _STD).transpose(0, 3, 1, 2)
-
-
-def constraints(text: str) -> dict[str, str]:
-    """The attributes a caption names: "a photo of a red star" -> {"colour": "red", "shape": "star"}; Chinese
-    captions too: "一张红色星星的照片" -> the same."""
-    named = {_VALUE_OF[w]: w for w in re.findall(r"[a-z]+", text) if w in _VALUE_OF}
-    return {**named, **dict(found for zh, found in _ZH_VALUE_OF.items() if zh in text)}
 
 
 def zero_shot_prompts(language: str) -> dict[str, list[str]]:
@@ -133,8 +124,9 @@ def training_caption(attrs: Attributes, rng: random.Random, recipe: ClipRecipe) 
 
 
 def truth_matrix(attrs: Sequence[Attributes], texts: Sequence[str]) -> np.ndarray:
-    """float32 [images, texts]: 1 where the text is true of the image (every attribute it names matches)."""
-    named = [constraints(t) for t in texts]
+    """float32 [images, texts]: 1 where the text is true of the image (every attribute it names matches, as
+    meaning.asked reads a caption's world words in English or Chinese)."""
+    named = [asked(t) for t in texts]
     return np.array([[all(getattr(a, k) == v for k, v in c.items()) for c in named] for a in attrs], np.float32)
 
 

@@ -81,6 +81,25 @@ def write_concept_images(concept: Concept, folder: Path, count: int = 5, seed: i
     return folder
 
 
+def train_concept(world: Path, concept: Concept, data_dir: Path, out_dir: Path, *, seed: int, max_train_steps: int,
+                  learning_rate: float, train_batch_size: int, save_steps: int, num_vectors: int = 1,
+                  extra: Sequence[str] = ()) -> None:
+    """ppti's own entry point, in this process: a placeholder for `concept` trained from the renderings in
+    `data_dir` at 32 px, initialised from the neutral word, constant learning rate, no logging; `extra`: more
+    trainer flags. SystemExit when training fails (the benchmarks' runs)."""
+    from ..cli import main as ppti_main
+
+    code = ppti_main([
+        "--pretrained_model_name_or_path", str(world), "--train_data_dir", str(data_dir), "--output_dir", str(out_dir),
+        "--placeholder_token", concept.token, "--initializer_token", concept.initializer, "--learnable_property",
+        concept.kind, "--num_vectors", str(num_vectors), "--resolution", "32", "--train_batch_size",
+        str(train_batch_size), "--max_train_steps", str(max_train_steps), "--learning_rate", str(learning_rate),
+        "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--repeats", "20", "--seed", str(seed),
+        "--report_to", "none", "--save_steps", str(save_steps), *extra])
+    if code != 0:
+        raise SystemExit(f"training {concept.token} (seed {seed}) failed (exit code {code})")
+
+
 def concept_prompts(concept: Concept, count: int = CONCEPT_SAMPLES) -> list[tuple[str, dict]]:
     """(prompt with "{}" for the concept, what the judge must find) for concept accuracy."""
     template = "a photo of a {}" if concept.kind == "object" else "a painting in the style of {}"

@@ -19,21 +19,21 @@ GUIDANCE_SCALE = 7.5  # the validation grid's setting (ppti/validation.py)
 
 def checked(folder: Path = WORLD_DIR) -> Path:
     """`folder` after verifying every file against its manifest.json (ManifestError names the problem)."""
-    folder = Path(folder)
-    if not (folder / "model_index.json").is_file():
-        raise ManifestError(f"{folder}: no toy world here; build one with `python tools/make_toy_world.py {folder}`")
-    verify_manifest(folder)
-    return folder
+    return _verified(Path(folder), "model_index.json", "no toy world", "")
 
 
 def checked_clip(folder: Path = CLIP_DIR) -> Path:
     """The world's CLIP folder after verifying every file against its manifest.json (ManifestError names the
     problem): give it to ClipScorer or tools/evaluate.py --clip_model."""
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        zh = " --language zh" if folder.name.endswith("-zh") else ""
-        raise ManifestError(f"{folder}: no toy-world CLIP here; build one with "
-                            f"`python tools/make_toy_world.py {folder} --make clip --seed 0{zh}`")
+    return _verified(folder, "config.json", "no toy-world CLIP",
+                     " --make clip --seed 0" + (" --language zh" if folder.name.endswith("-zh") else ""))
+
+
+def _verified(folder: Path, marker: str, missing: str, build_flags: str) -> Path:
+    if not (folder / marker).is_file():
+        raise ManifestError(f"{folder}: {missing} here; build one with "
+                            f"`python tools/make_toy_world.py {folder}{build_flags}`")
     verify_manifest(folder)
     return folder
 
